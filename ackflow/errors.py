@@ -1,0 +1,96 @@
+"""ackflow's exceptions: one root, one branch per kind of trouble.
+
+::
+
+    AckflowError
+    ├── ConfigurationError        a setting is missing or malformed (names the variable and the fix)
+    ├── ServiceUnavailable        Postgres, Redis or Temporal cannot be reached (names the variable and address)
+    ├── DevStackError             `ackflow dev` cannot start (port taken, state dir in use, a server failed)
+    └── DomainError               a client's request cannot be carried out; the gateway maps each to problem+json
+        ├── InvalidInput          malformed or ill-typed input                       400 / 422
+        ├── UnknownKind           no worker has registered a handler for the kind    422
+        ├── NotFound              no such resource for this tenant                   404
+        ├── Unauthorized          missing, malformed or unknown API key              401
+        └── Conflict              the resource's state forbids the operation          409
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class AckflowError(Exception):
+    """Root of every error ackflow raises on purpose."""
+
+
+class ConfigurationError(AckflowError):
+    """A setting is missing or malformed; the message names the variable and how to fix it."""
+
+
+class ServiceUnavailable(AckflowError):
+    """A backing service cannot be reached; the message names the variable and the address tried."""
+
+
+class DevStackError(AckflowError):
+    """The development stack cannot start; the message says why in one line."""
+
+
+class DomainError(AckflowError):
+    """A client's request cannot be carried out. Carries what the gateway needs for problem+json."""
+
+    status_code: int = 400
+    type_slug: str = "bad-request"
+    title: str = "Bad request"
+
+    def __init__(self, detail: str, *, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = errors
+
+
+class InvalidInput(DomainError):
+    """The input is malformed (400) or well-formed but invalid (422)."""
+
+    type_slug = "invalid-input"
+    title = "Invalid input"
+
+    def __init__(
+        self, detail: str, *, status_code: int = 422, errors: list[dict[str, Any]] | None = None
+    ) -> None:
+        super().__init__(detail, errors=errors)
+        self.status_code = status_code
+        if status_code == 400:
+            self.type_slug = "malformed-request"
+            self.title = "Malformed request"
+
+
+class UnknownKind(DomainError):
+    """No running worker has registered a handler for this kind."""
+
+    status_code = 422
+    type_slug = "unknown-kind"
+    title = "Unknown request kind"
+
+
+class NotFound(DomainError):
+    """The resource does not exist for this tenant (another tenant's resource looks the same)."""
+
+    status_code = 404
+    type_slug = "not-found"
+    title = "Not found"
+
+
+class Unauthorized(DomainError):
+    """The API key is missing, malformed, unknown or revoked."""
+
+    status_code = 401
+    type_slug = "unauthorized"
+    title = "Unauthorized"
+
+
+class Conflict(DomainError):
+    """The resource's current state forbids the operation (for example cancelling a finished request)."""
+
+    status_code = 409
+    type_slug = "conflict"
+    title = "Conflict"

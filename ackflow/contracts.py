@@ -66,6 +66,7 @@ class HandlerOptions:
 @dataclass
 class StartProcessingInput:
     request_id: str
+    kind: str
 
 
 @dataclass

@@ -1,0 +1,172 @@
+"""The `ackflow` command: the development stack and each production role.
+
+    ackflow dev [--state-dir .ackflow] [--port 8000]   everything, on embedded servers
+    ackflow gateway | relay | worker                     one production role, configured by env vars
+    ackflow migrate                                      apply database migrations
+    ackflow tenant create NAME                           a tenant and its first API key (printed once)
+
+Errors ackflow expects (bad config, a service down, a port taken) are one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+
+from ackflow.errors import AckflowError
+from ackflow.settings import Settings
+
+log = logging.getLogger("ackflow")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `ackflow` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        args.run(args, settings)
+    except AckflowError as exc:
+        print(f"ackflow: error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ackflow", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    dev = commands.add_parser("dev", help="run the whole stack on embedded Postgres, Redis and Temporal")
+    dev.add_argument("--state-dir", default=".ackflow", help="where data and logs live (default: .ackflow)")
+    dev.add_argument("--port", type=int, default=8000, help="HTTP port of the API (default: 8000)")
+    dev.set_defaults(run=_dev)
+
+    for name, run, text in (
+        ("gateway", _gateway, "serve the HTTP API"),
+        ("relay", _relay, "relay the outbox to Temporal and Redis"),
+        ("worker", _worker, "run workflows, activities and handlers"),
+        ("migrate", _migrate, "apply database migrations"),
+    ):
+        commands.add_parser(name, help=text).set_defaults(run=run)
+
+    tenant = commands.add_parser("tenant", help="manage tenants")
+    tenant_commands = tenant.add_subparsers(dest="tenant_command", required=True, metavar="ACTION")
+    create = tenant_commands.add_parser("create", help="create a tenant and print its first API key")
+    create.add_argument("name")
+    create.set_defaults(run=_tenant_create)
+    return parser
+
+
+def run_until_signalled(role: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run `role(stop)` until SIGINT or SIGTERM sets `stop`."""
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await role(stop)
+
+    asyncio.run(runner())
+
+
+def _dev(args: argparse.Namespace, settings: Settings) -> None:
+    from ackflow.dev import run_dev
+
+    run_dev(args.state_dir, args.port, settings)
+
+
+def _gateway(args: argparse.Namespace, settings: Settings) -> None:
+    from ackflow.roles import run_gateway
+
+    settings.require("database_url", "redis_url")
+
+    async def role(stop: asyncio.Event) -> None:
+        from ackflow.db.pool import create_pool
+
+        pool = await create_pool(settings.database_url, size=settings.db_pool_size,
+                                 timeout=settings.connect_timeout_seconds)
+        try:
+            await run_gateway(settings, stop, pool=pool)
+        finally:
+            await pool.close()
+
+    run_until_signalled(role)
+
+
+def _relay(args: argparse.Namespace, settings: Settings) -> None:
+    from ackflow.roles import run_relay
+    from ackflow.services import open_services
+
+    settings.require("database_url", "redis_url", "temporal_address")
+
+    async def role(stop: asyncio.Event) -> None:
+        async with open_services(settings, temporal=True) as services:
+            await run_relay(settings, stop, pool=services.pool, client=services.temporal, redis=services.redis)
+
+    run_until_signalled(role)
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> None:
+    from ackflow.handlers import load_handler_modules
+    from ackflow.roles import run_worker
+    from ackflow.services import open_services
+
+    settings.require("database_url", "temporal_address", "handler_modules")
+    registry = load_handler_modules(settings.handler_modules)
+
+    async def role(stop: asyncio.Event) -> None:
+        async with open_services(settings, temporal=True) as services:
+            await run_worker(settings, stop, pool=services.pool, client=services.temporal, registry=registry)
+
+    run_until_signalled(role)
+
+
+def _migrate(args: argparse.Namespace, settings: Settings) -> None:
+    from ackflow.db.migrate import migrate
+    from ackflow.db.pool import connect
+
+    settings.require("database_url")
+
+    async def run() -> None:
+        connection = await connect(settings.database_url, timeout=settings.connect_timeout_seconds)
+        try:
+            applied = await migrate(connection)
+        finally:
+            await connection.close()
+        names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied) or "none (up to date)"
+        print(f"migrations applied: {names}")
+
+    asyncio.run(run())
+
+
+def _tenant_create(args: argparse.Namespace, settings: Settings) -> None:
+    from ackflow.db.pool import connect
+    from ackflow.errors import Conflict
+    from ackflow.tenants import create_tenant
+
+    settings.require("database_url")
+
+    async def run() -> None:
+        import asyncpg
+
+        connection = await connect(settings.database_url, timeout=settings.connect_timeout_seconds)
+        try:
+            new_key = await create_tenant(connection, args.name)
+        except asyncpg.UniqueViolationError:
+            raise Conflict(f"a tenant named {args.name!r} already exists") from None
+        finally:
+            await connection.close()
+        print(f"tenant {args.name} created (id {new_key.tenant_id})")
+        print(f"API key (shown once, store it now): {new_key.key}")
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

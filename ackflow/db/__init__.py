@@ -1,0 +1,1 @@
+"""Postgres access: the connection pool, the named SQL statements and the migrations."""

@@ -1,0 +1,70 @@
+"""The asyncpg pool every role shares, with JSON codecs and one clear error when Postgres is unreachable."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+import msgspec
+
+from ackflow.errors import ServiceUnavailable
+
+
+def redact_url(url: str) -> str:
+    """`scheme://host:port/path` of a URL, without user or password, safe to print."""
+    parts = urlsplit(url)
+    host = parts.hostname or "localhost"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+async def _init_connection(connection: asyncpg.Connection) -> None:
+    for type_name in ("json", "jsonb"):
+        await connection.set_type_codec(
+            type_name,
+            schema="pg_catalog",
+            encoder=lambda value: msgspec.json.encode(value).decode(),
+            decoder=msgspec.json.decode,
+            format="text",
+        )
+
+
+async def create_pool(database_url: str, *, size: int = 10, timeout: float = 10.0) -> asyncpg.Pool:
+    """Open a pool to `database_url`, or raise ServiceUnavailable naming DATABASE_URL and the address."""
+    try:
+        pool = await asyncio.wait_for(
+            asyncpg.create_pool(
+                database_url,
+                min_size=1,
+                max_size=size,
+                init=_init_connection,
+                command_timeout=timeout,
+                timeout=timeout,
+            ),
+            timeout=timeout + 1,
+        )
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise ServiceUnavailable(
+            f"cannot reach Postgres at {redact_url(database_url)} (DATABASE_URL): {_reason(exc)}"
+        ) from None
+    assert pool is not None
+    return pool
+
+
+async def connect(database_url: str, *, timeout: float = 10.0) -> asyncpg.Connection:
+    """One connection (for LISTEN and migrations), with the same codecs and error as the pool."""
+    try:
+        connection = await asyncpg.connect(database_url, timeout=timeout)
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise ServiceUnavailable(
+            f"cannot reach Postgres at {redact_url(database_url)} (DATABASE_URL): {_reason(exc)}"
+        ) from None
+    await _init_connection(connection)
+    return connection
+
+
+def _reason(exc: BaseException) -> str:
+    text: Any = str(exc) or type(exc).__name__
+    return str(text).splitlines()[0]

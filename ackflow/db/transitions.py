@@ -1,0 +1,37 @@
+"""Status changes: one statement updates the request, appends its event and writes its outbox row."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import asyncpg
+
+from ackflow.contracts import TOPIC_FOR_STATUS
+from ackflow.db.queries import sql
+
+
+async def transition(
+    db: asyncpg.Pool | asyncpg.Connection,
+    request_id: str | uuid.UUID,
+    to_status: str,
+    from_statuses: tuple[str, ...],
+    *,
+    result: Any = None,
+    error: dict[str, Any] | None = None,
+) -> bool:
+    """Move the request to `to_status` if it is in one of `from_statuses`; True if it moved.
+
+    Guarded by the status it moves from, so a retried or late caller can never move a request
+    backwards or record a second outcome: the first terminal status wins.
+    """
+    row = await db.fetchrow(
+        sql("transition_request"),
+        request_id if isinstance(request_id, uuid.UUID) else uuid.UUID(request_id),
+        to_status,
+        list(from_statuses),
+        result,
+        error,
+        TOPIC_FOR_STATUS[to_status],
+    )
+    return row is not None

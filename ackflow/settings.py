@@ -1,0 +1,114 @@
+"""One typed `Settings` object, read from environment variables and nothing else.
+
+Every role (`gateway`, `relay`, `worker`, `migrate`) builds it once with `Settings.from_env()` and
+passes it down; nothing reads the environment elsewhere. A malformed value is a
+`ConfigurationError` naming the variable and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, TypeVar
+
+from ackflow.contracts import DEFAULT_TASK_QUEUE
+from ackflow.errors import ConfigurationError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Configuration for every ackflow role. Field `x_y` is read from `ENV[x_y]` (see `_ENV`)."""
+
+    # URLs may carry passwords: kept out of repr so they never reach a log.
+    database_url: str = field(default="", repr=False)
+    redis_url: str = field(default="", repr=False)
+    temporal_address: str = "localhost:7233"
+    temporal_namespace: str = "default"
+    task_queue: str = DEFAULT_TASK_QUEUE
+    handler_modules: tuple[str, ...] = ()
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    max_body_bytes: int = 1024 * 1024
+    retry_after_seconds: int = 1
+    relay_batch_size: int = 100
+    relay_poll_seconds: float = 1.0
+    relay_max_in_flight: int = 200
+    auth_cache_seconds: float = 2.0
+    db_pool_size: int = 10
+    connect_timeout_seconds: float = 10.0
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read every setting from `environ` (default: the process environment)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name, (variable, parse) in _ENV.items():
+            raw = env.get(variable)
+            if raw is not None and raw.strip() != "":
+                values[name] = _parse(variable, raw.strip(), parse)
+        return replace(cls(**values), **overrides)
+
+    def require(self, *names: str) -> Settings:
+        """Fail with one clear line if a setting a role cannot run without is empty."""
+        for name in names:
+            if not getattr(self, name):
+                variable = _ENV[name][0]
+                raise ConfigurationError(f"{variable} is not set: export {variable}=... ({_HINTS[name]})")
+        return self
+
+
+def _parse(variable: str, raw: str, parse: Callable[[str], Any]) -> Any:
+    try:
+        value = parse(raw)
+    except ValueError as exc:
+        raise ConfigurationError(f"{variable}={raw!r} is not valid: {exc}") from None
+    if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
+        raise ConfigurationError(f"{variable}={raw!r} is not valid: it must be greater than zero")
+    return value
+
+
+def _module_list(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _url(*schemes: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if not raw.startswith(tuple(f"{scheme}://" for scheme in schemes)):
+            raise ValueError(f"expected a URL starting with {' or '.join(s + '://' for s in schemes)}")
+        return raw
+
+    return parse
+
+
+_ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "database_url": ("DATABASE_URL", _url("postgresql", "postgres")),
+    "redis_url": ("REDIS_URL", _url("redis", "rediss", "unix")),
+    "temporal_address": ("TEMPORAL_ADDRESS", str),
+    "temporal_namespace": ("TEMPORAL_NAMESPACE", str),
+    "task_queue": ("ACKFLOW_TASK_QUEUE", str),
+    "handler_modules": ("ACKFLOW_HANDLERS", _module_list),
+    "http_host": ("ACKFLOW_HOST", str),
+    "http_port": ("ACKFLOW_PORT", int),
+    "max_body_bytes": ("ACKFLOW_MAX_BODY_BYTES", int),
+    "retry_after_seconds": ("ACKFLOW_RETRY_AFTER_SECONDS", int),
+    "relay_batch_size": ("ACKFLOW_RELAY_BATCH_SIZE", int),
+    "relay_poll_seconds": ("ACKFLOW_RELAY_POLL_SECONDS", float),
+    "relay_max_in_flight": ("ACKFLOW_RELAY_MAX_IN_FLIGHT", int),
+    "auth_cache_seconds": ("ACKFLOW_AUTH_CACHE_SECONDS", float),
+    "db_pool_size": ("ACKFLOW_DB_POOL_SIZE", int),
+    "connect_timeout_seconds": ("ACKFLOW_CONNECT_TIMEOUT_SECONDS", float),
+    "log_level": ("ACKFLOW_LOG_LEVEL", str.upper),
+}
+
+_HINTS = {
+    "database_url": "a Postgres URL such as postgresql://user:pass@localhost:5432/ackflow",
+    "redis_url": "a Redis URL such as redis://localhost:6379/0",
+    "temporal_address": "host:port of the Temporal frontend, such as localhost:7233",
+    "handler_modules": "comma-separated modules that define @handler functions, such as activities.examples",
+}
+
+assert set(_ENV) == {f.name for f in fields(Settings)}, "every setting needs an environment variable"

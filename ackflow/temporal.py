@@ -1,0 +1,56 @@
+"""Connecting to Temporal, and the search attributes operators filter by in the Temporal UI."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
+from temporalio.client import Client
+from temporalio.common import SearchAttributeKey
+
+from ackflow.contracts import SEARCH_ATTRIBUTE_KIND, SEARCH_ATTRIBUTE_TENANT
+from ackflow.errors import ServiceUnavailable
+from ackflow.settings import Settings
+
+log = logging.getLogger(__name__)
+
+TENANT_KEY = SearchAttributeKey.for_keyword(SEARCH_ATTRIBUTE_TENANT)
+KIND_KEY = SearchAttributeKey.for_keyword(SEARCH_ATTRIBUTE_KIND)
+SEARCH_ATTRIBUTES = (TENANT_KEY, KIND_KEY)
+
+
+async def connect_temporal(settings: Settings) -> Client:
+    """A client for the configured namespace, or ServiceUnavailable naming TEMPORAL_ADDRESS."""
+    try:
+        return await asyncio.wait_for(
+            Client.connect(settings.temporal_address, namespace=settings.temporal_namespace),
+            timeout=settings.connect_timeout_seconds,
+        )
+    except (TimeoutError, RuntimeError, OSError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ServiceUnavailable(
+            f"cannot reach Temporal at {settings.temporal_address} (TEMPORAL_ADDRESS): {reason}"
+        ) from None
+
+
+async def ensure_search_attributes(client: Client) -> None:
+    """Register ackflow's keyword search attributes if missing; warn (not fail) without permission."""
+    missing: set[str] = set()
+    try:
+        listed = await client.operator_service.list_search_attributes(
+            ListSearchAttributesRequest(namespace=client.namespace)
+        )
+        missing = {key.name for key in SEARCH_ATTRIBUTES} - set(listed.custom_attributes)
+        if missing:
+            await client.operator_service.add_search_attributes(
+                AddSearchAttributesRequest(
+                    namespace=client.namespace,
+                    search_attributes={
+                        name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for name in sorted(missing)
+                    },
+                )
+            )
+    except Exception as exc:  # an operator may have withheld the permission; workflows still run
+        log.warning("could not register Temporal search attributes %s: %s", sorted(missing), exc)

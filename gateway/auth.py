@@ -1,0 +1,71 @@
+"""API-key authentication: `Authorization: Bearer <key>` -> the caller's tenant.
+
+Implemented as a guard so it runs before the body is read: an unauthenticated caller learns
+nothing from validation errors. Lookups are cached for a couple of seconds per gateway to keep the
+accept path at one SQL statement; a revoked key stops working within that window.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import asyncpg
+from litestar import Request
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+
+from ackflow.db.queries import sql
+from ackflow.errors import Unauthorized
+from ackflow.tenants import KEY_PREFIX, hash_api_key
+
+MAX_KEY_LENGTH = 256
+
+
+class ApiKeyAuthenticator:
+    """Resolves API keys to tenant ids, with a short positive cache."""
+
+    def __init__(self, pool: asyncpg.Pool, cache_seconds: float) -> None:
+        self._pool = pool
+        self._cache_seconds = cache_seconds
+        self._cache: dict[bytes, tuple[uuid.UUID, float]] = {}
+
+    async def tenant_for(self, authorization: str | None) -> uuid.UUID:
+        key = _bearer_key(authorization)
+        digest = hash_api_key(key)
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        tenant_id = await self._pool.fetchval(sql("tenant_for_key"), digest)
+        if tenant_id is None:
+            raise Unauthorized("the API key is not valid (unknown or revoked)")
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[digest] = (tenant_id, now + self._cache_seconds)
+        return tenant_id
+
+
+def _bearer_key(authorization: str | None) -> str:
+    if not authorization:
+        raise Unauthorized("send your API key as `Authorization: Bearer <key>`")
+    scheme, _, key = authorization.partition(" ")
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key:
+        raise Unauthorized("the Authorization header must be `Bearer <key>`")
+    if len(key) > MAX_KEY_LENGTH or not key.startswith(KEY_PREFIX) or not key.isascii():
+        raise Unauthorized("the API key is not valid (unknown or revoked)")
+    return key
+
+
+async def require_api_key(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Guard for every /v1 route: authenticate and remember the tenant on the connection."""
+    authenticator: ApiKeyAuthenticator = connection.app.state.authenticator
+    connection.state.tenant_id = await authenticator.tenant_for(connection.headers.get("authorization"))
+
+
+def current_tenant(request: Request[Any, Any, Any]) -> uuid.UUID:
+    """Dependency: the tenant the guard authenticated."""
+    tenant_id: uuid.UUID = request.state.tenant_id
+    return tenant_id

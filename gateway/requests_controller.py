@@ -1,0 +1,117 @@
+"""/v1/requests: accept, read, list and cancel requests. Every query is scoped to the caller's tenant."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from typing import Annotated, Any
+
+import asyncpg
+from litestar import Controller, Response, get, post
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+
+from ackflow.contracts import ALL_STATUSES, CANCELLED, INIT, TERMINAL_STATUSES
+from ackflow.db.queries import sql
+from ackflow.db.transitions import transition
+from ackflow.errors import Conflict, InvalidInput, NotFound, UnknownKind
+from ackflow.ids import new_request_id
+from ackflow.settings import Settings
+from gateway.auth import current_tenant, require_api_key
+from gateway.schemas import AcceptedRequest, CreateRequest, Links, RequestPage, RequestState
+
+MAX_PAGE_SIZE = 200
+
+
+class RequestsController(Controller):
+    """Requests of the authenticated tenant."""
+
+    path = "/v1/requests"
+    guards = [require_api_key]
+    dependencies = {"tenant_id": Provide(current_tenant, sync_to_thread=False)}
+    tags = ["requests"]
+
+    @post("/", status_code=202, summary="Accept a request", responses=None)
+    async def accept(
+        self, data: JSONBody[CreateRequest], tenant_id: NamedDependency[uuid.UUID], pool: NamedDependency[asyncpg.Pool], settings: NamedDependency[Settings]
+    ) -> Response[AcceptedRequest]:
+        """Commit the request (status INIT) with its outbox event in one statement, and answer at once."""
+        row = await pool.fetchrow(sql("accept_request"), new_request_id(), tenant_id, data.kind, data.payload)
+        if row is None:
+            raise UnknownKind(f"no worker handles kind {data.kind!r}; start a worker whose handlers include it")
+        location = f"/v1/requests/{row['id']}"
+        body = AcceptedRequest(
+            id=row["id"], kind=row["kind"], status=row["status"], version=row["version"],
+            created_at=row["created_at"], links=Links(self=location, events=f"{location}/events"),
+        )
+        headers = {"Location": location, "Retry-After": str(settings.retry_after_seconds)}
+        return Response(body, status_code=202, headers=headers)
+
+    @get("/{request_id:uuid}", summary="Get a request's status and result")
+    async def read(
+        self, request_id: FromPath[uuid.UUID], tenant_id: NamedDependency[uuid.UUID], pool: NamedDependency[asyncpg.Pool], settings: NamedDependency[Settings]
+    ) -> Response[RequestState]:
+        state = await _load(pool, request_id, tenant_id)
+        headers = {} if state.status in TERMINAL_STATUSES else {"Retry-After": str(settings.retry_after_seconds)}
+        return Response(state, headers=headers)
+
+    @get("/", summary="List requests, newest first")
+    async def list_requests(
+        self,
+        tenant_id: NamedDependency[uuid.UUID],
+        pool: NamedDependency[asyncpg.Pool],
+        status: FromQuery[str | None] = None,
+        kind: FromQuery[str | None] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE_SIZE)] = 50,
+        cursor: Annotated[str | None, QueryParameter(max_length=64)] = None,
+    ) -> RequestPage:
+        if status is not None and status not in ALL_STATUSES:
+            raise InvalidInput(f"status must be one of {', '.join(ALL_STATUSES)}", status_code=400,
+                               errors=[{"field": "status", "in": "query", "message": "unknown status"}])
+        after = _decode_cursor(cursor) if cursor else None
+        rows = await pool.fetch(sql("list_requests"), tenant_id, status, after, kind, limit + 1)
+        items = [_state(row) for row in rows[:limit]]
+        next_cursor = _encode_cursor(items[-1].id) if len(rows) > limit else None
+        return RequestPage(items=items, next_cursor=next_cursor)
+
+    @post("/{request_id:uuid}/cancel", status_code=202, summary="Cancel a request")
+    async def cancel(
+        self, request_id: FromPath[uuid.UUID], tenant_id: NamedDependency[uuid.UUID], pool: NamedDependency[asyncpg.Pool]
+    ) -> RequestState:
+        """A request not yet started ends CANCELLED at once; a running one is cancelled through its workflow."""
+        async with pool.acquire() as connection, connection.transaction():
+            row = await connection.fetchrow(sql("lock_request"), request_id, tenant_id)
+            if row is None:
+                raise NotFound(f"request {request_id} does not exist")
+            if row["status"] in TERMINAL_STATUSES:
+                raise Conflict(f"request {request_id} already ended {row['status']}; it cannot be cancelled")
+            if row["status"] == INIT:
+                await transition(connection, request_id, CANCELLED, (INIT,))
+            else:
+                await connection.execute(sql("mark_cancel_requested"), request_id)
+        return await _load(pool, request_id, tenant_id)
+
+
+async def _load(pool: asyncpg.Pool, request_id: uuid.UUID, tenant_id: uuid.UUID) -> RequestState:
+    row = await pool.fetchrow(sql("get_request"), request_id, tenant_id)
+    if row is None:
+        raise NotFound(f"request {request_id} does not exist")
+    return _state(row)
+
+
+def _state(row: Any) -> RequestState:
+    return RequestState(**dict(row))
+
+
+def _encode_cursor(last_id: uuid.UUID) -> str:
+    return base64.urlsafe_b64encode(last_id.bytes).rstrip(b"=").decode()
+
+
+def _decode_cursor(cursor: str) -> uuid.UUID:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        return uuid.UUID(bytes=raw)
+    except (binascii.Error, ValueError):
+        raise InvalidInput("cursor is not valid: pass the next_cursor of a previous page", status_code=400,
+                           errors=[{"field": "cursor", "in": "query", "message": "malformed cursor"}]) from None

@@ -1,0 +1,63 @@
+"""The HTTP edge's types: msgspec Structs, which also give the OpenAPI schema."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+
+from ackflow.handlers import KIND_PATTERN
+
+Kind = Annotated[str, msgspec.Meta(pattern=KIND_PATTERN.pattern, description="A registered handler kind")]
+
+
+class CreateRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of POST /v1/requests."""
+
+    kind: Kind
+    payload: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class Links(msgspec.Struct):
+    self: str
+    events: str
+
+
+class AcceptedRequest(msgspec.Struct):
+    """The 202 answer: the request is committed and will be processed."""
+
+    id: uuid.UUID
+    kind: str
+    status: str
+    version: int
+    created_at: datetime
+    links: Links
+
+
+class RequestState(msgspec.Struct):
+    """A request as GET returns it."""
+
+    id: uuid.UUID
+    kind: str
+    status: str
+    version: int
+    payload: dict[str, Any]
+    result: Any
+    error: dict[str, Any] | None
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
+
+
+class RequestPage(msgspec.Struct):
+    """One page of requests, newest first; pass `next_cursor` as `cursor` for the next page."""
+
+    items: list[RequestState]
+    next_cursor: str | None
+
+
+class Health(msgspec.Struct):
+    status: str
+    checks: dict[str, str]

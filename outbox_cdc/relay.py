@@ -1,0 +1,122 @@
+"""The relay loop: wake on NOTIFY (or every poll interval), claim a batch, dispatch, delete.
+
+Rows are claimed with `FOR UPDATE SKIP LOCKED` inside a transaction that stays open while the batch
+is dispatched, so several relays share the outbox without taking the same row, and a relay killed
+mid-batch simply lets its rows go back (its transaction rolls back). A row is deleted only after its
+dispatch succeeded, so delivery is at-least-once: every route must be idempotent. A failed dispatch
+stays in the outbox, postponed with exponential backoff, its error recorded for operators.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+
+import asyncpg
+
+from ackflow.db.pool import connect
+from ackflow.db.queries import sql
+from ackflow.events import OutboxEvent, Route
+
+log = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL = "ackflow_outbox"
+MAX_BACKOFF_SECONDS = 60.0
+
+
+class OutboxRelay:
+    """Moves outbox rows to their routes (topic -> async callable)."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        database_url: str,
+        routes: Mapping[str, Route],
+        *,
+        batch_size: int = 100,
+        poll_seconds: float = 1.0,
+        dispatch_timeout: float = 10.0,
+    ) -> None:
+        self._pool = pool
+        self._database_url = database_url
+        self._routes = dict(routes)
+        self._batch_size = batch_size
+        self._poll_seconds = poll_seconds
+        self._dispatch_timeout = dispatch_timeout
+        self._wake = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Relay until `stop` is set. NOTIFY wakes it at once; polling covers a lost notification."""
+        listener = asyncio.create_task(self._listen(stop), name="outbox-listen")
+        try:
+            while not stop.is_set():
+                try:
+                    claimed = await self.relay_batch()
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    log.warning("relay batch failed, retrying: %s", exc)
+                    claimed = 0
+                if claimed < self._batch_size:
+                    await self._sleep_until_woken(stop)
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+
+    async def relay_batch(self) -> int:
+        """Claim and dispatch one batch; return how many rows were claimed."""
+        async with self._pool.acquire() as connection, connection.transaction():
+            rows = await connection.fetch(sql("claim_outbox"), self._batch_size)
+            if not rows:
+                return 0
+            events = [OutboxEvent(**dict(row)) for row in rows]
+            outcomes = await asyncio.gather(*(self._dispatch(event) for event in events))
+            done = [event.id for event, error in zip(events, outcomes, strict=True) if error is None]
+            if done:
+                await connection.execute(sql("delete_outbox"), done)
+            for event, error in zip(events, outcomes, strict=True):
+                if error is not None:
+                    delay = min(MAX_BACKOFF_SECONDS, 0.5 * 2**event.attempts)
+                    await connection.execute(sql("postpone_outbox"), event.id, error[:1000], delay)
+            return len(rows)
+
+    async def _dispatch(self, event: OutboxEvent) -> str | None:
+        """Run the event's route; None on success, else the error to record."""
+        route = self._routes.get(event.topic)
+        if route is None:
+            return f"no route for topic {event.topic!r}"
+        try:
+            await asyncio.wait_for(route(event), self._dispatch_timeout)
+        except Exception as exc:  # any failure keeps the row for a later attempt
+            log.warning("dispatch of outbox row %s (%s) failed: %r", event.id, event.topic, exc)
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+    async def _sleep_until_woken(self, stop: asyncio.Event) -> None:
+        stopping = asyncio.create_task(stop.wait())
+        woken = asyncio.create_task(self._wake.wait())
+        try:
+            await asyncio.wait({stopping, woken}, timeout=self._poll_seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            woken.cancel()
+            self._wake.clear()
+
+    async def _listen(self, stop: asyncio.Event) -> None:
+        """Hold a LISTEN connection, reconnecting after failures; polling covers the gaps."""
+        while not stop.is_set():
+            connection = None
+            try:
+                connection = await connect(self._database_url)
+                await connection.add_listener(NOTIFY_CHANNEL, lambda *_: self._wake.set())
+                self._wake.set()  # catch up on anything committed while we were not listening
+                while not stop.is_set() and not connection.is_closed():
+                    await asyncio.sleep(self._poll_seconds)
+            except Exception as exc:
+                log.warning("outbox LISTEN connection lost, reconnecting: %s", exc)
+                await asyncio.sleep(self._poll_seconds)
+            finally:
+                if connection is not None and not connection.is_closed():
+                    with contextlib.suppress(Exception):
+                        await connection.close(timeout=2)

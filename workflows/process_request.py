@@ -1,0 +1,99 @@
+"""ProcessRequestWorkflow: moves one request INIT -> PROCESSING -> DONE | FAILED | CANCELLED.
+
+Each status change is one activity doing one Postgres transaction. The two bookkeeping steps are
+local activities (no extra round trip through the Temporal server); the user's handler is a
+regular activity, so it gets its own timeout, retries and heartbeats, and records DONE itself in
+the same attempt that produced the result (the result never has to travel through history).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError
+
+with workflow.unsafe.imports_passed_through():
+    from ackflow.contracts import (
+        CANCELLED,
+        DONE,
+        FAILED,
+        PROCESS_REQUEST_WORKFLOW,
+        FinishInput,
+        HandlerOptions,
+        ProcessRequestInput,
+        RunHandlerInput,
+        RunHandlerOutput,
+        StartProcessingInput,
+        StartProcessingOutput,
+    )
+
+# Bookkeeping transactions are short; retry them for as long as Postgres takes to come back.
+BOOKKEEPING_TIMEOUT = timedelta(seconds=30)
+BOOKKEEPING_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10))
+
+
+@workflow.defn(name=PROCESS_REQUEST_WORKFLOW)
+class ProcessRequestWorkflow:
+    """Runs one request's handler and records its outcome; cancellable while it runs."""
+
+    @workflow.run
+    async def run(self, request: ProcessRequestInput) -> str:
+        started = await workflow.execute_local_activity(
+            "start_processing",
+            StartProcessingInput(request.request_id, request.kind),
+            result_type=StartProcessingOutput,
+            start_to_close_timeout=BOOKKEEPING_TIMEOUT,
+            retry_policy=BOOKKEEPING_RETRY,
+        )
+        if not started.proceed:
+            return "already finished"
+        try:
+            await self._run_handler(request, started.handler)
+        except (asyncio.CancelledError, CancelledError):
+            await self._finish(FinishInput(request.request_id, CANCELLED))
+            raise
+        except ActivityError as failure:
+            if isinstance(failure.cause, CancelledError):
+                await self._finish(FinishInput(request.request_id, CANCELLED))
+                raise
+            await self._finish(FinishInput(request.request_id, FAILED, error=describe_failure(failure)))
+            return FAILED
+        return DONE
+
+    async def _run_handler(self, request: ProcessRequestInput, options: HandlerOptions) -> None:
+        await workflow.execute_activity(
+            "run_handler",
+            RunHandlerInput(request.request_id, request.kind),
+            result_type=RunHandlerOutput,
+            start_to_close_timeout=timedelta(seconds=options.start_to_close_seconds),
+            heartbeat_timeout=(
+                timedelta(seconds=options.heartbeat_seconds) if options.heartbeat_seconds else None
+            ),
+            retry_policy=RetryPolicy(
+                initial_interval=timedelta(seconds=options.initial_retry_seconds),
+                maximum_interval=timedelta(seconds=options.max_retry_seconds),
+                maximum_attempts=options.max_attempts,
+            ),
+        )
+
+    async def _finish(self, finish: FinishInput) -> None:
+        await workflow.execute_local_activity(
+            "finish_request",
+            finish,
+            start_to_close_timeout=BOOKKEEPING_TIMEOUT,
+            retry_policy=BOOKKEEPING_RETRY,
+        )
+
+
+def describe_failure(failure: ActivityError) -> dict[str, Any]:
+    """The error recorded on a FAILED request: what kind of failure, and the handler's message."""
+    cause = failure.cause
+    if isinstance(cause, ApplicationError):
+        return {"type": cause.type or "HandlerError", "message": cause.message, "retryable": not cause.non_retryable}
+    if isinstance(cause, TimeoutError):
+        return {"type": "Timeout", "message": f"handler timed out ({cause.type.name if cause.type else 'timeout'})"}
+    return {"type": type(cause).__name__ if cause else "ActivityError", "message": str(cause or failure)}

@@ -89,8 +89,9 @@ def _gateway(args: argparse.Namespace, settings: Settings) -> None:
     async def role(stop: asyncio.Event) -> None:
         from ackflow.db.pool import create_pool
 
-        pool = await create_pool(settings.database_url, size=settings.db_pool_size,
-                                 timeout=settings.connect_timeout_seconds)
+        pool = await create_pool(
+            settings.database_url, size=settings.db_pool_size, timeout=settings.connect_timeout_seconds
+        )
         try:
             await run_gateway(settings, stop, pool=pool)
         finally:

@@ -101,10 +101,12 @@ async def _serve(settings: Settings, state: Path, info: dict[str, Any]) -> None:
     async with open_services(settings, temporal=True) as services:
         roles = [
             asyncio.create_task(run_gateway(settings, stop, pool=services.pool, redis=services.redis)),
-            asyncio.create_task(run_relay(settings, stop, pool=services.pool, client=services.temporal,
-                                          redis=services.redis)),
-            asyncio.create_task(run_worker(settings, stop, pool=services.pool, client=services.temporal,
-                                           registry=registry)),
+            asyncio.create_task(
+                run_relay(settings, stop, pool=services.pool, client=services.temporal, redis=services.redis)
+            ),
+            asyncio.create_task(
+                run_worker(settings, stop, pool=services.pool, client=services.temporal, registry=registry)
+            ),
         ]
         (state / "dev.json").write_text(json.dumps(info, indent=2) + "\n")
         await asyncio.sleep(0.5)  # let the gateway bind before we say it is up
@@ -141,14 +143,12 @@ def _banner(info: dict[str, Any], kinds: list[str]) -> str:
   ackflow dev is up
     API            {api}
     OpenAPI docs   {api}/schema
-    Temporal UI    {info['temporal_ui_url']}
-    API key        {info['api_key']}
-    handler kinds  {', '.join(kinds)}
+    Temporal UI    {info["temporal_ui_url"]}
+    API key        {info["api_key"]}
+    handler kinds  {", ".join(kinds)}
     (the same as JSON in dev.json of the state dir; Ctrl-C stops everything)
 
   try:
-    curl -si -X POST {api}/v1/requests -H 'Authorization: Bearer {info['api_key']}' \\
+    curl -si -X POST {api}/v1/requests -H 'Authorization: Bearer {info["api_key"]}' \\
          -H 'Content-Type: application/json' -d '{{"kind": "echo", "payload": {{"hello": "world"}}}}'
 """
-
-

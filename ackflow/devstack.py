@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ackflow.contracts import SEARCH_ATTRIBUTE_KIND, SEARCH_ATTRIBUTE_TENANT
 from ackflow.errors import DevStackError
@@ -54,6 +55,16 @@ def port_open(port: int, host: str = LOOPBACK) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def _as_user(user: str | None) -> dict[str, Any]:
+    """Popen arguments that drop to `user` entirely: uid, primary group and no inherited root groups."""
+    if user is None:
+        return {}
+    import pwd
+
+    entry = pwd.getpwnam(user)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+
+
 def _die_with_parent() -> None:
     """In the child before exec: on Linux, be killed if the parent dies, so no server is left behind."""
     if sys.platform.startswith("linux"):
@@ -83,7 +94,7 @@ class ServerProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 preexec_fn=_die_with_parent,
-                user=self.user,
+                **_as_user(self.user),
             )
 
     def wait_until_ready(self, timeout: float = START_TIMEOUT_SECONDS) -> None:
@@ -191,11 +202,24 @@ def start_postgres(state_dir: Path, port: int, *, fast_unsafe: bool = False) -> 
     bin_path = _postgres_bin()
     if not (data_dir / "PG_VERSION").exists():
         data_dir.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [str(bin_path / "initdb"), "-D", str(data_dir), "-U", "postgres", "--auth=trust",
-             "--encoding=UTF8", "--no-instructions"],
-            check=True, capture_output=True, user=user,
+        initdb = subprocess.run(
+            [
+                str(bin_path / "initdb"),
+                "-D",
+                str(data_dir),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-instructions",
+            ],
+            capture_output=True,
+            text=True,
+            **_as_user(user),
         )
+        if initdb.returncode != 0:
+            lines = (initdb.stderr or initdb.stdout).strip().splitlines()
+            raise DevStackError(f"initdb failed for {data_dir}: {lines[-1] if lines else initdb.returncode}")
     settings = ["-c", "unix_socket_directories=", "-c", "max_connections=200", "-c", "shared_buffers=128MB"]
     if fast_unsafe:
         settings += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
@@ -223,16 +247,41 @@ def create_database(port: int, name: str, *, template: str | None = None) -> str
     """Create database `name` if missing; return its URL."""
     psql = _postgres_bin() / "psql"
     exists = subprocess.run(
-        [str(psql), "-h", LOOPBACK, "-p", str(port), "-U", "postgres", "-d", "postgres", "-tAc",
-         f"SELECT 1 FROM pg_database WHERE datname = '{name}'"],
-        check=True, capture_output=True, text=True,
+        [
+            str(psql),
+            "-h",
+            LOOPBACK,
+            "-p",
+            str(port),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-tAc",
+            f"SELECT 1 FROM pg_database WHERE datname = '{name}'",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     if not exists:
         template_clause = f" TEMPLATE {template}" if template else ""
         subprocess.run(
-            [str(psql), "-h", LOOPBACK, "-p", str(port), "-U", "postgres", "-d", "postgres", "-qc",
-             f'CREATE DATABASE "{name}"{template_clause}'],
-            check=True, capture_output=True,
+            [
+                str(psql),
+                "-h",
+                LOOPBACK,
+                "-p",
+                str(port),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-qc",
+                f'CREATE DATABASE "{name}"{template_clause}',
+            ],
+            check=True,
+            capture_output=True,
         )
     return postgres_url(port, name)
 
@@ -260,8 +309,23 @@ def start_redis(state_dir: Path, port: int) -> ServerProcess:
     data_dir.mkdir(parents=True, exist_ok=True)
     server = ServerProcess(
         "Redis (valkey-server)",
-        [str(_valkey_server_bin()), "--bind", LOOPBACK, "--port", str(port), "--dir", str(data_dir.resolve()),
-         "--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "yes"],
+        [
+            str(_valkey_server_bin()),
+            "--bind",
+            LOOPBACK,
+            "--port",
+            str(port),
+            "--dir",
+            str(data_dir.resolve()),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "yes",
+        ],
         state_dir / "logs" / "redis.log",
         ready=lambda: port_open(port),
     )
@@ -295,17 +359,31 @@ def start_temporal(state_dir: Path, port: int, ui_port: int | None) -> ServerPro
     """
     state_dir.mkdir(parents=True, exist_ok=True)
     argv = [
-        str(find_venv_binary("temporal")), "server", "start-dev",
-        "--ip", LOOPBACK, "--port", str(port),
-        "--db-filename", str((state_dir / "temporal.db").resolve()),
-        "--search-attribute", f"{SEARCH_ATTRIBUTE_TENANT}=Keyword",
-        "--search-attribute", f"{SEARCH_ATTRIBUTE_KIND}=Keyword",
-        "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal",
-        "--log-level", "warn",
+        str(find_venv_binary("temporal")),
+        "server",
+        "start-dev",
+        "--ip",
+        LOOPBACK,
+        "--port",
+        str(port),
+        "--db-filename",
+        str((state_dir / "temporal.db").resolve()),
+        "--search-attribute",
+        f"{SEARCH_ATTRIBUTE_TENANT}=Keyword",
+        "--search-attribute",
+        f"{SEARCH_ATTRIBUTE_KIND}=Keyword",
+        "--sqlite-pragma",
+        "journal_mode=wal",
+        "--sqlite-pragma",
+        "synchronous=normal",
+        "--log-level",
+        "warn",
     ]
     argv += ["--headless"] if ui_port is None else ["--ui-port", str(ui_port)]
     server = ServerProcess(
-        "Temporal", argv, state_dir / "logs" / "temporal.log",
+        "Temporal",
+        argv,
+        state_dir / "logs" / "temporal.log",
         ready=lambda: port_open(port) and (ui_port is None or port_open(ui_port)),
     )
     server.start()

@@ -54,9 +54,7 @@ class InvalidInput(DomainError):
     type_slug = "invalid-input"
     title = "Invalid input"
 
-    def __init__(
-        self, detail: str, *, status_code: int = 422, errors: list[dict[str, Any]] | None = None
-    ) -> None:
+    def __init__(self, detail: str, *, status_code: int = 422, errors: list[dict[str, Any]] | None = None) -> None:
         super().__init__(detail, errors=errors)
         self.status_code = status_code
         if status_code == 400:

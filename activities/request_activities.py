@@ -57,9 +57,7 @@ class RequestActivities:
             raise ApplicationError(
                 f"no handler for kind {run.kind!r} on this worker", type="UnknownKind", non_retryable=True
             )
-        row = await self._pool.fetchrow(
-            "SELECT status, payload FROM requests WHERE id = $1", uuid.UUID(run.request_id)
-        )
+        row = await self._pool.fetchrow("SELECT status, payload FROM requests WHERE id = $1", uuid.UUID(run.request_id))
         if row is None or row["status"] != PROCESSING:
             return RunHandlerOutput(result=None)  # cancelled meanwhile: nothing to do, nothing to record
         try:
@@ -101,4 +99,3 @@ class RequestActivities:
     async def _status(self, request_id: str) -> str | None:
         row = await self._pool.fetchrow(sql("get_request_status"), uuid.UUID(request_id))
         return None if row is None else str(row["status"])
-

@@ -34,8 +34,14 @@ class HealthController(Controller):
         postgres_ok, redis_ok = await asyncio.gather(_check_postgres(pool), _check_redis(redis))
         checks = {"postgres": "ok" if postgres_ok else "down", "redis": "ok" if redis_ok else "degraded"}
         if not postgres_ok:
-            return problem(503, "not-ready", "Not ready", "Postgres is down (DATABASE_URL): requests cannot be accepted",
-                           headers={"Retry-After": "2"}, checks=checks)
+            return problem(
+                503,
+                "not-ready",
+                "Not ready",
+                "Postgres is down (DATABASE_URL): requests cannot be accepted",
+                headers={"Retry-After": "2"},
+                checks=checks,
+            )
         return Response(Health(status="ok" if redis_ok else "degraded", checks=checks))
 
 

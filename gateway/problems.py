@@ -73,10 +73,22 @@ def validation_error_handler(request: Request[Any, Any, Any], exc: ValidationExc
         if isinstance(e, dict)
     ]
     if in_body:
-        return problem(422, "invalid-input", "Invalid input", "the request body does not match the schema",
-                       request=request, errors=fields)
-    return problem(400, "invalid-parameter", "Invalid parameter", "a query or path parameter is not valid",
-                   request=request, errors=fields)
+        return problem(
+            422,
+            "invalid-input",
+            "Invalid input",
+            "the request body does not match the schema",
+            request=request,
+            errors=fields,
+        )
+    return problem(
+        400,
+        "invalid-parameter",
+        "Invalid parameter",
+        "a query or path parameter is not valid",
+        request=request,
+        errors=fields,
+    )
 
 
 def http_error_handler(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
@@ -93,14 +105,21 @@ def http_error_handler(request: Request[Any, Any, Any], exc: HTTPException) -> R
 def unavailable_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     """A dependency that is down or slow: 503 with a hint to retry, never a hang or a 500."""
     log.warning("dependency unavailable while serving %s %s: %r", request.method, request.url.path, exc)
-    return problem(503, "service-unavailable", "Service unavailable",
-                   "a backing service is unavailable; retry shortly", request=request, headers={"Retry-After": "2"})
+    return problem(
+        503,
+        "service-unavailable",
+        "Service unavailable",
+        "a backing service is unavailable; retry shortly",
+        request=request,
+        headers={"Retry-After": "2"},
+    )
 
 
 def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     log.exception("unexpected error serving %s %s", request.method, request.url.path, exc_info=exc)
-    return problem(500, "internal-error", "Internal error", "an unexpected error occurred; it has been logged",
-                   request=request)
+    return problem(
+        500, "internal-error", "Internal error", "an unexpected error occurred; it has been logged", request=request
+    )
 
 
 EXCEPTION_HANDLERS: dict[Any, Any] = {

@@ -34,7 +34,11 @@ class RequestsController(Controller):
 
     @post("/", status_code=202, summary="Accept a request", responses=None)
     async def accept(
-        self, data: JSONBody[CreateRequest], tenant_id: NamedDependency[uuid.UUID], pool: NamedDependency[asyncpg.Pool], settings: NamedDependency[Settings]
+        self,
+        data: JSONBody[CreateRequest],
+        tenant_id: NamedDependency[uuid.UUID],
+        pool: NamedDependency[asyncpg.Pool],
+        settings: NamedDependency[Settings],
     ) -> Response[AcceptedRequest]:
         """Commit the request (status INIT) with its outbox event in one statement, and answer at once."""
         row = await pool.fetchrow(sql("accept_request"), new_request_id(), tenant_id, data.kind, data.payload)
@@ -42,15 +46,23 @@ class RequestsController(Controller):
             raise UnknownKind(f"no worker handles kind {data.kind!r}; start a worker whose handlers include it")
         location = f"/v1/requests/{row['id']}"
         body = AcceptedRequest(
-            id=row["id"], kind=row["kind"], status=row["status"], version=row["version"],
-            created_at=row["created_at"], links=Links(self=location, events=f"{location}/events"),
+            id=row["id"],
+            kind=row["kind"],
+            status=row["status"],
+            version=row["version"],
+            created_at=row["created_at"],
+            links=Links(self=location, events=f"{location}/events"),
         )
         headers = {"Location": location, "Retry-After": str(settings.retry_after_seconds)}
         return Response(body, status_code=202, headers=headers)
 
     @get("/{request_id:uuid}", summary="Get a request's status and result")
     async def read(
-        self, request_id: FromPath[uuid.UUID], tenant_id: NamedDependency[uuid.UUID], pool: NamedDependency[asyncpg.Pool], settings: NamedDependency[Settings]
+        self,
+        request_id: FromPath[uuid.UUID],
+        tenant_id: NamedDependency[uuid.UUID],
+        pool: NamedDependency[asyncpg.Pool],
+        settings: NamedDependency[Settings],
     ) -> Response[RequestState]:
         state = await _load(pool, request_id, tenant_id)
         headers = {} if state.status in TERMINAL_STATUSES else {"Retry-After": str(settings.retry_after_seconds)}
@@ -67,8 +79,11 @@ class RequestsController(Controller):
         cursor: Annotated[str | None, QueryParameter(max_length=64)] = None,
     ) -> RequestPage:
         if status is not None and status not in ALL_STATUSES:
-            raise InvalidInput(f"status must be one of {', '.join(ALL_STATUSES)}", status_code=400,
-                               errors=[{"field": "status", "in": "query", "message": "unknown status"}])
+            raise InvalidInput(
+                f"status must be one of {', '.join(ALL_STATUSES)}",
+                status_code=400,
+                errors=[{"field": "status", "in": "query", "message": "unknown status"}],
+            )
         after = _decode_cursor(cursor) if cursor else None
         rows = await pool.fetch(sql("list_requests"), tenant_id, status, after, kind, limit + 1)
         items = [_state(row) for row in rows[:limit]]
@@ -77,7 +92,10 @@ class RequestsController(Controller):
 
     @post("/{request_id:uuid}/cancel", status_code=202, summary="Cancel a request")
     async def cancel(
-        self, request_id: FromPath[uuid.UUID], tenant_id: NamedDependency[uuid.UUID], pool: NamedDependency[asyncpg.Pool]
+        self,
+        request_id: FromPath[uuid.UUID],
+        tenant_id: NamedDependency[uuid.UUID],
+        pool: NamedDependency[asyncpg.Pool],
     ) -> RequestState:
         """A request not yet started ends CANCELLED at once; a running one is cancelled through its workflow."""
         async with pool.acquire() as connection, connection.transaction():
@@ -113,5 +131,8 @@ def _decode_cursor(cursor: str) -> uuid.UUID:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         return uuid.UUID(bytes=raw)
     except (binascii.Error, ValueError):
-        raise InvalidInput("cursor is not valid: pass the next_cursor of a previous page", status_code=400,
-                           errors=[{"field": "cursor", "in": "query", "message": "malformed cursor"}]) from None
+        raise InvalidInput(
+            "cursor is not valid: pass the next_cursor of a previous page",
+            status_code=400,
+            errors=[{"field": "cursor", "in": "query", "message": "malformed cursor"}],
+        ) from None

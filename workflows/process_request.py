@@ -70,9 +70,7 @@ class ProcessRequestWorkflow:
             RunHandlerInput(request.request_id, request.kind),
             result_type=RunHandlerOutput,
             start_to_close_timeout=timedelta(seconds=options.start_to_close_seconds),
-            heartbeat_timeout=(
-                timedelta(seconds=options.heartbeat_seconds) if options.heartbeat_seconds else None
-            ),
+            heartbeat_timeout=(timedelta(seconds=options.heartbeat_seconds) if options.heartbeat_seconds else None),
             retry_policy=RetryPolicy(
                 initial_interval=timedelta(seconds=options.initial_retry_seconds),
                 maximum_interval=timedelta(seconds=options.max_retry_seconds),

@@ -1,0 +1,19 @@
+"""Handlers used only by tests, loaded next to the examples."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ackflow.handlers import handler
+
+_attempts: dict[str, int] = {}
+
+
+@handler("flaky", timeout=10, max_attempts=5, initial_retry=0.1, max_retry=0.2)
+async def flaky(payload: Any) -> dict[str, Any]:
+    """Fails `payload["failures"]` times per `payload["key"]`, then returns how many attempts it took."""
+    key = str(payload["key"])
+    _attempts[key] = _attempts.get(key, 0) + 1
+    if _attempts[key] <= int(payload.get("failures", 0)):
+        raise RuntimeError(f"transient failure {_attempts[key]}")
+    return {"attempts": _attempts[key]}

@@ -1,0 +1,58 @@
+"""Helpers shared by the tests: waiting without bare sleeps, running roles, problem checks."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import httpx
+
+T = TypeVar("T")
+
+
+async def assert_eventually(
+    probe: Callable[[], Awaitable[T]], *, timeout: float = 20.0, interval: float = 0.05, message: str = ""
+) -> T:
+    """Call `probe` until it returns a truthy value (returned) or raises no AssertionError; fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while True:
+        try:
+            value = await probe()
+            if value:
+                return value
+            last_error = None
+        except AssertionError as exc:
+            last_error = exc
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout}s: {message or last_error or 'probe returned falsy'}")
+        await asyncio.sleep(interval)
+
+
+async def wait_for_status(
+    client: httpx.AsyncClient, request_id: str, statuses: set[str], *, timeout: float = 30.0
+) -> dict[str, Any]:
+    """Poll GET /v1/requests/{id} until its status is one of `statuses`; return the body."""
+
+    async def probe() -> dict[str, Any] | None:
+        response = await client.get(f"/v1/requests/{request_id}")
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body if body["status"] in statuses else None
+
+    return await assert_eventually(probe, timeout=timeout, message=f"request {request_id} never reached {statuses}")
+
+
+def assert_problem(response: httpx.Response, status: int, slug: str | None = None) -> dict[str, Any]:
+    """The response is an RFC 9457 problem with this status (and type slug)."""
+    assert response.status_code == status, f"{response.status_code}: {response.text}"
+    assert response.headers["content-type"].startswith("application/problem+json"), response.headers
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    assert body["type"].startswith("urn:ackflow:problem:")
+    assert body["title"] and body["detail"]
+    if slug is not None:
+        assert body["type"] == f"urn:ackflow:problem:{slug}", body
+    return body

@@ -1,0 +1,89 @@
+"""The `ackflow` command's production roles: configured by env vars, one-line errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import asyncpg
+
+from ackflow import devstack
+from ackflow.tenants import hash_api_key
+from tests.conftest import Servers
+
+ACKFLOW = str(Path(sys.executable).parent / "ackflow")
+
+
+def run_ackflow(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "TEMPORAL_ADDRESS"}}
+    return subprocess.run([ACKFLOW, *args], env={**clean, **env}, capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> str:
+    assert result.returncode == 1, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, f"expected one line, got: {result.stderr}"
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def test_a_role_without_database_url_says_which_variable_to_set() -> None:
+    for role in ("gateway", "relay", "worker", "migrate"):
+        assert_one_line_error(run_ackflow(role, env={}), "DATABASE_URL is not set")
+
+
+def test_a_malformed_setting_names_the_variable() -> None:
+    result = run_ackflow("gateway", env={"DATABASE_URL": "mysql://x", "REDIS_URL": "redis://localhost"})
+    assert_one_line_error(result, "DATABASE_URL", "postgresql://")
+    result = run_ackflow("migrate", env={"DATABASE_URL": "postgresql://x/y", "ACKFLOW_PORT": "eighty"})
+    assert_one_line_error(result, "ACKFLOW_PORT")
+
+
+def test_unreachable_postgres_names_the_variable_and_address_but_not_the_password() -> None:
+    port = devstack.free_port()
+    url = f"postgresql://app:hunter2@127.0.0.1:{port}/ackflow"
+    line = assert_one_line_error(run_ackflow("migrate", env={"DATABASE_URL": url}), "DATABASE_URL", f"127.0.0.1:{port}")
+    assert "hunter2" not in line
+
+
+def test_unreachable_temporal_names_the_variable_and_address(servers: Servers) -> None:
+    port = devstack.free_port()
+    env = {
+        "DATABASE_URL": devstack.postgres_url(servers.postgres_port, "ackflow_template"),
+        "TEMPORAL_ADDRESS": f"127.0.0.1:{port}",
+        "ACKFLOW_HANDLERS": "activities.examples",
+        "ACKFLOW_CONNECT_TIMEOUT_SECONDS": "3",
+    }
+    assert_one_line_error(run_ackflow("worker", env=env), "TEMPORAL_ADDRESS", f"127.0.0.1:{port}")
+
+
+def test_worker_with_an_unimportable_handler_module_says_so() -> None:
+    env = {"DATABASE_URL": "postgresql://x/y", "ACKFLOW_HANDLERS": "no_such_module_here"}
+    assert_one_line_error(run_ackflow("worker", env=env), "ACKFLOW_HANDLERS", "no_such_module_here")
+
+
+async def test_migrate_then_tenant_create_prints_a_key_that_is_stored_hashed(servers: Servers) -> None:
+    url = devstack.create_database(servers.postgres_port, "cli_tenant_test")
+    first = run_ackflow("migrate", env={"DATABASE_URL": url})
+    second = run_ackflow("migrate", env={"DATABASE_URL": url})
+    assert first.returncode == 0 and "0001_initial" in first.stdout
+    assert second.returncode == 0 and "up to date" in second.stdout
+
+    created = run_ackflow("tenant", "create", "initech", env={"DATABASE_URL": url})
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip().splitlines()[-1].split()[-1]
+    assert key.startswith("ak_")
+    duplicate = run_ackflow("tenant", "create", "initech", env={"DATABASE_URL": url})
+    assert_one_line_error(duplicate, "already exists")
+
+    connection = await asyncpg.connect(url)
+    try:
+        stored = await connection.fetchrow("SELECT key_hash, prefix FROM api_keys")
+    finally:
+        await connection.close()
+    assert stored["key_hash"] == hash_api_key(key)
+    assert key.encode() not in bytes(stored["key_hash"]) and key.startswith(f"ak_{stored['prefix']}_")

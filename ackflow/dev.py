@@ -111,7 +111,7 @@ async def _serve(settings: Settings, state: Path, info: dict[str, Any]) -> None:
         (state / "dev.json").write_text(json.dumps(info, indent=2) + "\n")
         await asyncio.sleep(0.5)  # let the gateway bind before we say it is up
         print(_banner(info, registry.kinds()), flush=True)
-        done, _ = await asyncio.wait([*roles, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait([*roles, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
         stop.set()
         results = await asyncio.gather(*roles, return_exceptions=True)
     for result in results:

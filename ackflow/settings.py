@@ -35,7 +35,6 @@ class Settings:
     retry_after_seconds: int = 1
     relay_batch_size: int = 100
     relay_poll_seconds: float = 1.0
-    relay_max_in_flight: int = 200
     auth_cache_seconds: float = 2.0
     db_pool_size: int = 10
     connect_timeout_seconds: float = 10.0
@@ -97,7 +96,6 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "retry_after_seconds": ("ACKFLOW_RETRY_AFTER_SECONDS", int),
     "relay_batch_size": ("ACKFLOW_RELAY_BATCH_SIZE", int),
     "relay_poll_seconds": ("ACKFLOW_RELAY_POLL_SECONDS", float),
-    "relay_max_in_flight": ("ACKFLOW_RELAY_MAX_IN_FLIGHT", int),
     "auth_cache_seconds": ("ACKFLOW_AUTH_CACHE_SECONDS", float),
     "db_pool_size": ("ACKFLOW_DB_POOL_SIZE", int),
     "connect_timeout_seconds": ("ACKFLOW_CONNECT_TIMEOUT_SECONDS", float),

@@ -112,7 +112,8 @@ class OutboxRelay:
                 await connection.add_listener(NOTIFY_CHANNEL, lambda *_: self._wake.set())
                 self._wake.set()  # catch up on anything committed while we were not listening
                 while not stop.is_set() and not connection.is_closed():
-                    await asyncio.sleep(self._poll_seconds)
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(stop.wait(), self._poll_seconds)
             except Exception as exc:
                 log.warning("outbox LISTEN connection lost, reconnecting: %s", exc)
                 await asyncio.sleep(self._poll_seconds)

@@ -11,8 +11,7 @@ import contextlib
 import itertools
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 
 import asyncpg
 import httpx
@@ -197,10 +196,3 @@ async def client(stack: None, settings: Settings, tenant: Tenant) -> AsyncIterat
     async with api_client(settings, tenant.api_key) as http:
         yield http
 
-
-@pytest.fixture
-def fast_settings(settings: Settings) -> Settings:
-    return replace(settings, relay_poll_seconds=0.2)
-
-
-ROOT = Path(__file__).resolve().parent.parent

@@ -39,7 +39,8 @@ async def test_migrations_run_concurrently_by_five_processes_apply_each_file_onc
     check = await asyncpg.connect(empty_database_url)
     try:
         versions = [r["version"] for r in await check.fetch("SELECT version FROM ackflow_migrations ORDER BY 1")]
-        tables = {r["tablename"] for r in await check.fetch("SELECT tablename FROM pg_tables WHERE schemaname='public'")}
+        rows = await check.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        tables = {r["tablename"] for r in rows}
     finally:
         await check.close()
     assert versions == [m.version for m in shipped]

@@ -87,15 +87,10 @@ def _gateway(args: argparse.Namespace, settings: Settings) -> None:
     settings.require("database_url", "redis_url")
 
     async def role(stop: asyncio.Event) -> None:
-        from ackflow.db.pool import create_pool
+        from ackflow.services import open_services
 
-        pool = await create_pool(
-            settings.database_url, size=settings.db_pool_size, timeout=settings.connect_timeout_seconds
-        )
-        try:
-            await run_gateway(settings, stop, pool=pool)
-        finally:
-            await pool.close()
+        async with open_services(settings, redis=True, temporal=False) as services:
+            await run_gateway(settings, stop, pool=services.pool, redis=services.redis)
 
     run_until_signalled(role)
 
@@ -107,7 +102,7 @@ def _relay(args: argparse.Namespace, settings: Settings) -> None:
     settings.require("database_url", "redis_url", "temporal_address")
 
     async def role(stop: asyncio.Event) -> None:
-        async with open_services(settings, temporal=True) as services:
+        async with open_services(settings, redis=True, temporal=True) as services:
             await run_relay(settings, stop, pool=services.pool, client=services.temporal, redis=services.redis)
 
     run_until_signalled(role)
@@ -122,7 +117,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> None:
     registry = load_handler_modules(settings.handler_modules)
 
     async def role(stop: asyncio.Event) -> None:
-        async with open_services(settings, temporal=True) as services:
+        async with open_services(settings, redis=False, temporal=True) as services:
             await run_worker(settings, stop, pool=services.pool, client=services.temporal, registry=registry)
 
     run_until_signalled(role)

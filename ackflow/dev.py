@@ -98,7 +98,7 @@ async def _serve(settings: Settings, state: Path, info: dict[str, Any]) -> None:
     finally:
         await connection.close()
     registry = load_handler_modules(settings.handler_modules)
-    async with open_services(settings, temporal=True) as services:
+    async with open_services(settings, redis=True, temporal=True) as services:
         roles = [
             asyncio.create_task(run_gateway(settings, stop, pool=services.pool, redis=services.redis)),
             asyncio.create_task(

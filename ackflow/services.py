@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -10,16 +12,41 @@ import asyncpg
 from redis.asyncio import Redis
 from temporalio.client import Client
 
-from ackflow.db.pool import create_pool
+from ackflow.db.pool import create_pool, redact_url
 from ackflow.settings import Settings
 from ackflow.temporal import connect_temporal, ensure_search_attributes
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class Services:
+    """The clients a role opened; asking for one it did not open is a programming error."""
+
     pool: asyncpg.Pool
-    redis: Redis
-    temporal: Client
+    redis_client: Redis | None
+    temporal_client: Client | None
+
+    @property
+    def redis(self) -> Redis:
+        assert self.redis_client is not None, "open_services(redis=True) was not asked for Redis"
+        return self.redis_client
+
+    @property
+    def temporal(self) -> Client:
+        assert self.temporal_client is not None, "open_services(temporal=True) was not asked for Temporal"
+        return self.temporal_client
+
+
+async def warn_if_redis_unreachable(redis: Redis, settings: Settings) -> None:
+    """Redis is only the fast path: say so in one line if it is down, and keep going."""
+    try:
+        await asyncio.wait_for(redis.ping(), 3)
+    except Exception as exc:
+        log.warning(
+            "Redis at %s (REDIS_URL) is unreachable (%s): live updates fall back to Postgres until it is back",
+            redact_url(settings.redis_url), str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+        )
 
 
 def redis_client(settings: Settings) -> Redis:
@@ -33,17 +60,20 @@ def redis_client(settings: Settings) -> Redis:
 
 
 @contextlib.asynccontextmanager
-async def open_services(settings: Settings, *, temporal: bool) -> AsyncIterator[Services]:
+async def open_services(settings: Settings, *, redis: bool, temporal: bool) -> AsyncIterator[Services]:
     """Connect to what the role needs (failing with one line naming the variable), close it all after."""
     pool = await create_pool(
         settings.database_url, size=settings.db_pool_size, timeout=settings.connect_timeout_seconds
     )
-    redis = redis_client(settings)
+    redis_connection = redis_client(settings) if redis else None
     try:
+        if redis_connection is not None:
+            await warn_if_redis_unreachable(redis_connection, settings)
         client = await connect_temporal(settings) if temporal else None
         if client is not None:
             await ensure_search_attributes(client)
-        yield Services(pool=pool, redis=redis, temporal=client)  # type: ignore[arg-type]
+        yield Services(pool=pool, redis_client=redis_connection, temporal_client=client)
     finally:
-        await redis.aclose()
+        if redis_connection is not None:
+            await redis_connection.aclose()
         await pool.close()

@@ -9,9 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import asyncpg
 import httpx
@@ -39,9 +42,24 @@ class Servers:
 
 
 @pytest.fixture(scope="session")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+def server_root() -> Iterator[Path]:
+    """Where servers keep their data: not under pytest's tmp root, whose permissions any other
+    pytest run resets to 0700 (which would lock out Postgres' unprivileged user when run as root)."""
+    root = Path(tempfile.mkdtemp(prefix="ackflow-test-"))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def server_dir(server_root: Path) -> Path:
+    """A fresh folder for a server started by one test."""
+    return Path(tempfile.mkdtemp(dir=server_root))
+
+
+@pytest.fixture(scope="session")
+def servers(server_root: Path) -> Iterator[Servers]:
     """Postgres, Redis and Temporal, booted side by side, stopped at the end of the session."""
-    state = tmp_path_factory.mktemp("servers")
+    state = server_root / "session"
     ports = {name: devstack.free_port() for name in ("postgres", "redis", "temporal")}
     started: list[devstack.ServerProcess] = []
     try:

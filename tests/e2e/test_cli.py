@@ -87,3 +87,48 @@ async def test_migrate_then_tenant_create_prints_a_key_that_is_stored_hashed(ser
         await connection.close()
     assert stored["key_hash"] == hash_api_key(key)
     assert key.encode() not in bytes(stored["key_hash"]) and key.startswith(f"ak_{stored['prefix']}_")
+
+
+def test_production_roles_in_separate_processes_take_a_request_to_done(servers: Servers, tmp_path: Path) -> None:
+    import time
+    import uuid
+
+    import httpx
+
+    url = devstack.create_database(servers.postgres_port, f"roles_{uuid.uuid4().hex[:8]}")
+    port = devstack.free_port()
+    env = {
+        "DATABASE_URL": url,
+        "REDIS_URL": devstack.redis_url(servers.redis_port),
+        "TEMPORAL_ADDRESS": servers.temporal_address,
+        "ACKFLOW_TASK_QUEUE": f"roles-{uuid.uuid4().hex[:8]}",
+        "ACKFLOW_HANDLERS": "activities.examples",
+        "ACKFLOW_PORT": str(port),
+    }
+    assert run_ackflow("migrate", env=env).returncode == 0
+    key = run_ackflow("tenant", "create", "umbrella", env=env).stdout.strip().splitlines()[-1].split()[-1]
+    clean = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "TEMPORAL_ADDRESS"}}
+    roles = []
+    for role in ("worker", "relay", "gateway"):
+        with open(tmp_path / f"{role}.log", "w") as log:
+            roles.append(subprocess.Popen([ACKFLOW, role], env={**clean, **env}, stdout=log, stderr=log))
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"}) as http:
+            deadline = time.monotonic() + 60
+            accepted = None
+            while accepted is None or accepted.status_code != 202:
+                assert time.monotonic() < deadline, "gateway or worker never became ready"
+                time.sleep(0.2)
+                try:  # 422 until the worker has registered its kinds; connection refused until the gateway binds
+                    accepted = http.post("/v1/requests", json={"kind": "echo", "payload": {"role": "separate"}})
+                except httpx.TransportError:
+                    continue
+            while (state := http.get(accepted.headers["location"]).json())["status"] != "DONE":
+                assert time.monotonic() < deadline, f"request stuck at {state['status']}"
+                time.sleep(0.1)
+        assert state["result"] == {"role": "separate"}
+    finally:
+        for process in roles:
+            process.terminate()
+        exit_codes = [process.wait(timeout=15) for process in roles]
+    assert exit_codes == [0, 0, 0], "every role stops cleanly on SIGTERM"

@@ -73,10 +73,10 @@ def run_to_done(info: dict[str, str], kind: str = "echo") -> dict[str, object]:
 
 
 @pytest.fixture
-def dev_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path, int]]:
+def dev_process(server_dir: Path) -> Iterator[tuple[subprocess.Popen[str], Path, int]]:
     port = devstack.free_port()
-    process = start_dev(tmp_path / "state", port, output=tmp_path / "dev.log")
-    yield process, tmp_path / "state", port
+    process = start_dev(server_dir / "state", port, output=server_dir / "dev.log")
+    yield process, server_dir / "state", port
     if process.poll() is None:
         process.kill()
         process.wait(10)

@@ -1,0 +1,320 @@
+"""The Docker Compose stack and the image, checked statically: no Docker engine, no servers.
+
+Each test reads docker-compose.yml, Dockerfile or .dockerignore and checks them against the
+project itself (the `ackflow` argparse parser, the variables `ackflow.settings` reads, the
+gateway's health route), so a renamed command, variable or route fails here and not on a
+user's `docker compose up`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib.util
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from ackflow.cli import _parser
+from ackflow.contracts import SEARCH_ATTRIBUTE_KIND, SEARCH_ATTRIBUTE_TENANT
+from ackflow.settings import _ENV, Settings
+from gateway.health import HealthController
+
+ROOT = Path(__file__).resolve().parents[2]
+ROLES = ("migrate", "gateway", "relay", "worker")
+INFRASTRUCTURE = ("postgres", "redis", "temporal", "temporal-ui")
+CONNECTION_VARIABLES = ("DATABASE_URL", "REDIS_URL", "TEMPORAL_ADDRESS")
+HEALTH_CONDITIONS = {"service_healthy", "service_started", "service_completed_successfully"}
+
+
+def _compose() -> dict[str, Any]:
+    return dict(yaml.safe_load((ROOT / "docker-compose.yml").read_text()))
+
+
+def _services() -> dict[str, dict[str, Any]]:
+    return dict(_compose()["services"])
+
+
+def _environment(service: dict[str, Any]) -> dict[str, str]:
+    """A service's environment as a mapping, whether written as a mapping or as a list."""
+    raw = service.get("environment") or {}
+    if isinstance(raw, list):
+        raw = dict(item.split("=", 1) for item in raw)
+    return {str(name): str(value) for name, value in raw.items()}
+
+
+def _depends_on(service: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    raw = service.get("depends_on") or {}
+    if isinstance(raw, list):
+        return {name: {} for name in raw}
+    return dict(raw)
+
+
+def _has_healthcheck(service: dict[str, Any]) -> bool:
+    """True if the service reports a health status: a healthcheck test that is neither empty nor disabled."""
+    check = service.get("healthcheck") or {}
+    test = check.get("test")
+    return bool(test) and not check.get("disable", False) and test not in (["NONE"], "NONE")
+
+
+def _published_host_port(entry: str | int | dict[str, Any]) -> str:
+    """The host side of a `ports` entry: "8000:8000", "127.0.0.1:8000:8000/tcp" or the long form."""
+    if isinstance(entry, dict):
+        return f"{entry.get('host_ip', '')}:{entry.get('published', '')}/{entry.get('protocol', 'tcp')}"
+    text, _, protocol = str(entry).partition("/")
+    parts = text.rsplit(":", 2)
+    host_ip, host_port = (parts[0], parts[1]) if len(parts) == 3 else ("", parts[0])
+    return f"{host_ip}:{host_port}/{protocol or 'tcp'}"
+
+
+def _dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs of the Dockerfile, continuation lines joined, comments dropped."""
+    instructions: list[tuple[str, str]] = []
+    pending = ""
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        stripped = line.strip()
+        if not pending and (not stripped or stripped.startswith("#")):
+            continue
+        pending += stripped.removesuffix("\\") + " "
+        if not stripped.endswith("\\"):
+            keyword, _, arguments = pending.strip().partition(" ")
+            instructions.append((keyword.upper(), arguments.strip()))
+            pending = ""
+    return instructions
+
+
+def _instruction_arguments(keyword: str) -> list[str]:
+    return [arguments for name, arguments in _dockerfile() if name == keyword]
+
+
+def test_compose_defines_the_infrastructure_and_every_ackflow_role() -> None:
+    services = _services()
+
+    missing = set(INFRASTRUCTURE + ROLES) - set(services)
+
+    assert not missing, f"docker-compose.yml lacks services {sorted(missing)}"
+
+
+def test_gateway_relay_worker_and_migrate_run_from_one_image_built_from_the_repository() -> None:
+    services = _services()
+
+    builds = {
+        role: (json.dumps(services[role].get("build"), sort_keys=True), services[role].get("image")) for role in ROLES
+    }
+
+    assert len(set(builds.values())) == 1, f"the roles must share one build and image, got {builds}"
+    build = services["gateway"]["build"]
+    context = build if isinstance(build, str) else build.get("context", ".")
+    assert (ROOT / context / "Dockerfile").is_file(), f"build context {context!r} has no Dockerfile"
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_each_role_command_is_the_ackflow_subcommand_of_that_name(role: str) -> None:
+    command = _services()[role]["command"]
+    argv = command.split() if isinstance(command, str) else [str(part) for part in command]
+
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit:
+        pytest.fail(f"{role}: `ackflow {' '.join(argv)}` is not a command the ackflow CLI accepts")
+
+    assert args.command == role
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_roles_get_only_environment_variables_that_ackflow_settings_reads(role: str) -> None:
+    known = {variable for variable, _ in _ENV.values()}
+
+    unknown = set(_environment(_services()[role])) - known
+
+    assert not unknown, f"{role} sets {sorted(unknown)}, which ackflow.settings never reads"
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_roles_get_the_database_redis_and_temporal_addresses_as_valid_settings(role: str) -> None:
+    environment = _environment(_services()[role])
+
+    unset = [variable for variable in CONNECTION_VARIABLES if not environment.get(variable)]
+    settings = Settings.from_env(environment)  # raises ConfigurationError on a malformed value
+
+    assert not unset, f"{role} lacks {unset}"
+    assert settings.require("database_url", "redis_url", "temporal_address") is settings
+
+
+def test_roles_share_the_connection_environment_written_once_in_x_ackflow_env() -> None:
+    shared = _compose()["x-ackflow-env"]
+    services = _services()
+
+    differing = {
+        role: name
+        for role in ROLES
+        for name, value in shared.items()
+        if _environment(services[role]).get(name) != str(value)
+    }
+
+    assert set(CONNECTION_VARIABLES) <= set(shared)
+    assert not differing, f"roles whose connection settings differ from x-ackflow-env: {differing}"
+
+
+def test_connection_addresses_point_at_services_of_the_stack() -> None:
+    environment = {name: str(value) for name, value in _compose()["x-ackflow-env"].items()}
+    services = _services()
+
+    hosts = {
+        "DATABASE_URL": urlsplit(environment["DATABASE_URL"]).hostname,
+        "REDIS_URL": urlsplit(environment["REDIS_URL"]).hostname,
+        "TEMPORAL_ADDRESS": environment["TEMPORAL_ADDRESS"].rsplit(":", 1)[0],
+    }
+
+    assert hosts == {"DATABASE_URL": "postgres", "REDIS_URL": "redis", "TEMPORAL_ADDRESS": "temporal"}
+    assert set(hosts.values()) <= set(services)
+
+
+def test_database_url_carries_the_credentials_the_postgres_service_is_created_with() -> None:
+    url = urlsplit(str(_compose()["x-ackflow-env"]["DATABASE_URL"]))
+    postgres = _environment(_services()["postgres"])
+
+    assert (url.username, url.password, url.path.lstrip("/")) == (
+        postgres["POSTGRES_USER"],
+        postgres["POSTGRES_PASSWORD"],
+        postgres["POSTGRES_DB"],
+    )
+
+
+def test_worker_loads_handler_modules_that_exist() -> None:
+    settings = Settings.from_env(_environment(_services()["worker"]))
+
+    missing = [module for module in settings.handler_modules if importlib.util.find_spec(module) is None]
+
+    assert settings.handler_modules, "the worker needs ACKFLOW_HANDLERS or it refuses to start"
+    assert not missing, f"ACKFLOW_HANDLERS names modules that do not exist: {missing}"
+
+
+def test_every_dependency_names_a_service_and_a_start_condition() -> None:
+    services = _services()
+
+    broken = {
+        (name, target, condition.get("condition"))
+        for name, service in services.items()
+        for target, condition in _depends_on(service).items()
+        if target not in services or condition.get("condition") not in HEALTH_CONDITIONS
+    }
+
+    assert not broken, f"(service, dependency, condition) with an unknown target or no condition: {broken}"
+
+
+def test_every_health_conditioned_dependency_has_a_healthcheck() -> None:
+    services = _services()
+
+    unchecked = {
+        (name, target)
+        for name, service in services.items()
+        for target, condition in _depends_on(service).items()
+        if condition.get("condition") == "service_healthy" and not _has_healthcheck(services[target])
+    }
+
+    assert not unchecked, f"(service, dependency) waiting for a health status that nothing reports: {unchecked}"
+
+
+@pytest.mark.parametrize("role", ("gateway", "relay", "worker"))
+def test_long_running_roles_start_only_after_migrations_succeed(role: str) -> None:
+    services = _services()
+
+    dependency = _depends_on(services[role]).get("migrate", {})
+
+    assert dependency.get("condition") == "service_completed_successfully"
+    assert services["migrate"].get("restart", "no") in {"no", "on-failure"}, "a migrate that restarts never completes"
+
+
+def test_published_host_ports_are_unique() -> None:
+    published = [_published_host_port(entry) for service in _services().values() for entry in service.get("ports", [])]
+
+    assert published, "the stack publishes no port at all"
+    assert len(published) == len(set(published)), f"host ports published twice: {sorted(published)}"
+
+
+def test_gateway_listens_on_all_interfaces_at_the_port_it_publishes() -> None:
+    gateway = _services()["gateway"]
+    settings = Settings.from_env(_environment(gateway))
+
+    container_ports = {str(entry).rsplit(":", 1)[-1].partition("/")[0] for entry in gateway["ports"]}
+
+    assert settings.http_host == "0.0.0.0", "bound to loopback, the gateway is unreachable through its published port"
+    assert str(settings.http_port) in container_ports
+
+
+def test_gateway_healthcheck_probes_the_readiness_route_without_curl() -> None:
+    gateway = _services()["gateway"]
+    settings = Settings.from_env(_environment(gateway))
+    ready_path = HealthController.path + next(iter(HealthController.ready.paths))
+
+    probe = " ".join(gateway["healthcheck"]["test"])
+
+    assert f"http://127.0.0.1:{settings.http_port}{ready_path}" in probe
+    assert "urllib.request" in probe and "curl" not in probe
+
+
+def test_temporal_registers_the_search_attributes_ackflow_sets_as_keywords() -> None:
+    command = [str(part) for part in _services()["temporal"]["command"]]
+
+    registered = {command[i + 1] for i, part in enumerate(command[:-1]) if part == "--search-attribute"}
+
+    assert {f"{SEARCH_ATTRIBUTE_TENANT}=Keyword", f"{SEARCH_ATTRIBUTE_KIND}=Keyword"} <= registered
+
+
+@pytest.mark.parametrize("service", ("postgres", "temporal"))
+def test_stateful_services_keep_their_data_in_named_volumes(service: str) -> None:
+    compose = _compose()
+
+    sources = {str(mount).split(":", 1)[0] for mount in compose["services"][service].get("volumes", [])}
+
+    assert sources & set(compose.get("volumes") or {}), f"{service} keeps its data in no named volume"
+
+
+def test_image_entrypoint_is_the_ackflow_command() -> None:
+    entrypoints = _instruction_arguments("ENTRYPOINT")
+
+    assert entrypoints and json.loads(entrypoints[-1]) == ["ackflow"]
+
+
+def test_image_does_not_run_as_root() -> None:
+    users = _instruction_arguments("USER")
+
+    assert users, "the Dockerfile has no USER line: the roles would run as root"
+    assert users[-1].partition(":")[0] not in {"root", "0"}
+
+
+def test_image_installs_the_project_without_dev_extras_on_python_slim() -> None:
+    installs = [command for command in _instruction_arguments("RUN") if "pip install" in command]
+
+    assert _instruction_arguments("FROM") == ["python:3.12-slim"]
+    assert any("pip install . " in f"{command} " for command in installs), installs
+    assert not any("[" in command for command in installs), f"dev extras installed: {installs}"
+
+
+def test_image_copies_every_package_the_project_installs() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = {pattern.rstrip("*") for pattern in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
+
+    copied = {source for arguments in _instruction_arguments("COPY") for source in arguments.split()[:-1]}
+
+    assert packages <= copied, f"packages the image never copies: {sorted(packages - copied)}"
+    assert {"pyproject.toml", pyproject["project"]["readme"]} <= copied
+
+
+def test_dockerignore_keeps_every_file_the_image_copies_in_the_build_context() -> None:
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith(("#", "!"))
+    ]
+    copied = {source for arguments in _instruction_arguments("COPY") for source in arguments.split()[:-1]}
+
+    excluded = {source for source in copied for pattern in patterns if fnmatch.fnmatch(source, pattern)}
+
+    assert ".venv" in patterns and ".git" in patterns, "the build context would carry the virtualenv and history"
+    assert not excluded, f".dockerignore drops files the Dockerfile copies: {sorted(excluded)}"

@@ -17,7 +17,7 @@ async def echo(payload: Any) -> Any:
     return payload
 
 
-@handler("sleep", timeout=3600, heartbeat_timeout=10)
+@handler("sleep", timeout=3600, heartbeat_timeout=5)
 async def sleep(payload: Any) -> dict[str, float]:
     """Sleep `payload["seconds"]` (default 1), heartbeating each second so a cancel stops it at once."""
     seconds = float(payload.get("seconds", 1)) if isinstance(payload, dict) else 1.0

@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import asyncpg
-from litestar import Litestar
+from litestar import Litestar, Router
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
@@ -16,8 +16,9 @@ from redis.asyncio import Redis
 from ackflow.db.pool import create_pool
 from ackflow.settings import Settings
 from gateway.auth import ApiKeyAuthenticator
+from gateway.bodies import JsonRequest
 from gateway.health import HealthController
-from gateway.problems import EXCEPTION_HANDLERS
+from gateway.problems import EXCEPTION_HANDLERS, not_found_page_as_problem
 from gateway.requests_controller import RequestsController
 
 
@@ -52,13 +53,16 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None, redis: R
             "redis": Provide(_redis, sync_to_thread=False),
         },
         exception_handlers=EXCEPTION_HANDLERS,
+        request_class=JsonRequest,
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
             title="ackflow",
             version="1",
             description="Acknowledge-first request processing. Authenticate with `Authorization: Bearer <api key>`.",
-            path="/schema",
             render_plugins=[ScalarRenderPlugin()],
+            openapi_router=Router(
+                "/schema", route_handlers=[], include_in_schema=False, after_request=not_found_page_as_problem
+            ),
         ),
         debug=False,
         logging_config=None,  # the CLI configures logging once for every role

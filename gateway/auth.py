@@ -38,7 +38,7 @@ class ApiKeyAuthenticator:
         cached = self._cache.get(digest)
         if cached is not None and cached[1] > now:
             return cached[0]
-        tenant_id = await self._pool.fetchval(sql("tenant_for_key"), digest)
+        tenant_id: uuid.UUID | None = await self._pool.fetchval(sql("tenant_for_key"), digest)
         if tenant_id is None:
             raise Unauthorized("the API key is not valid (unknown or revoked)")
         if len(self._cache) > 10_000:

@@ -8,11 +8,12 @@ route, wrong method, oversized body) are rewritten into the same shape; anything
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import asyncpg
 from litestar import Request, Response
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import HTTPException, SerializationException, ValidationException
 from redis.exceptions import RedisError
 
 from ackflow.errors import DomainError, ServiceUnavailable
@@ -21,6 +22,8 @@ log = logging.getLogger(__name__)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 TYPE_PREFIX = "urn:ackflow:problem:"
+BODY_PARAMETER = "data"  # Litestar's name for the decoded body; clients know it as the body or its fields
+_NAMED_FIELD = re.compile(r"field `([^`]+)`")  # msgspec: "Object missing required field `kind`"
 
 _SLUGS = {
     400: ("bad-request", "Bad request"),
@@ -68,7 +71,7 @@ def validation_error_handler(request: Request[Any, Any, Any], exc: ValidationExc
     errors = exc.extra if isinstance(exc.extra, list) else []
     in_body = any(isinstance(e, dict) and e.get("source") == "body" for e in errors)
     fields = [
-        {"field": e.get("key", "body"), "in": e.get("source", "body"), "message": e.get("message", "")}
+        {"field": _field_name(e), "in": e.get("source", "body"), "message": e.get("message", "")}
         for e in errors
         if isinstance(e, dict)
     ]
@@ -91,15 +94,33 @@ def validation_error_handler(request: Request[Any, Any, Any], exc: ValidationExc
     )
 
 
+def _field_name(error: dict[str, Any]) -> str:
+    """The field an error is about: for an error about the whole body, the field msgspec names, if any."""
+    key = str(error.get("key", BODY_PARAMETER))
+    if key != BODY_PARAMETER:
+        return key
+    named = _NAMED_FIELD.search(str(error.get("message", "")))
+    return named.group(1) if named else "body"
+
+
 def http_error_handler(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
     status = exc.status_code
     slug, title = _SLUGS.get(status, ("http-error", "HTTP error"))
     detail = exc.detail
-    if status == 400 and "JSON" in (detail or ""):
-        slug, title, detail = "malformed-request", "Malformed request", "the request body is not valid JSON"
+    if status == 400 and isinstance(exc.__cause__, SerializationException):
+        # Litestar could not decode the body (syntax, encoding, numbers out of range, nesting).
+        slug, title = "malformed-request", "Malformed request"
+        detail = f"the request body is not valid JSON ({exc.__cause__})"
     if status >= 500:
         return internal_error_handler(request, exc)
     return problem(status, slug, title, detail or title, request=request, headers=exc.headers)
+
+
+def not_found_page_as_problem(response: Response[Any]) -> Response[Any]:
+    """Litestar's docs router answers an unknown /schema/... path with an HTML page: make it a 404 problem too."""
+    if response.status_code == 404:
+        return problem(404, "not-found", "Not found", "Not Found")
+    return response
 
 
 def unavailable_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:

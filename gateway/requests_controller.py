@@ -16,9 +16,11 @@ from ackflow.contracts import ALL_STATUSES, CANCELLED, INIT, TERMINAL_STATUSES
 from ackflow.db.queries import sql
 from ackflow.db.transitions import transition
 from ackflow.errors import Conflict, InvalidInput, NotFound, UnknownKind
+from ackflow.handlers import KIND_PATTERN
 from ackflow.ids import new_request_id
 from ackflow.settings import Settings
 from gateway.auth import current_tenant, require_api_key
+from gateway.bodies import require_json_body
 from gateway.schemas import AcceptedRequest, CreateRequest, Links, RequestPage, RequestState
 
 MAX_PAGE_SIZE = 200
@@ -32,7 +34,7 @@ class RequestsController(Controller):
     dependencies = {"tenant_id": Provide(current_tenant, sync_to_thread=False)}
     tags = ["requests"]
 
-    @post("/", status_code=202, summary="Accept a request", responses=None)
+    @post("/", status_code=202, summary="Accept a request", responses=None, guards=[require_json_body])
     async def accept(
         self,
         data: JSONBody[CreateRequest],
@@ -41,9 +43,7 @@ class RequestsController(Controller):
         settings: NamedDependency[Settings],
     ) -> Response[AcceptedRequest]:
         """Commit the request (status INIT) with its outbox event in one statement, and answer at once."""
-        row = await pool.fetchrow(sql("accept_request"), new_request_id(), tenant_id, data.kind, data.payload)
-        if row is None:
-            raise UnknownKind(f"no worker handles kind {data.kind!r}; start a worker whose handlers include it")
+        row = await _insert_request(pool, tenant_id, data)
         location = f"/v1/requests/{row['id']}"
         body = AcceptedRequest(
             id=row["id"],
@@ -74,7 +74,7 @@ class RequestsController(Controller):
         tenant_id: NamedDependency[uuid.UUID],
         pool: NamedDependency[asyncpg.Pool],
         status: FromQuery[str | None] = None,
-        kind: FromQuery[str | None] = None,
+        kind: Annotated[str | None, QueryParameter(pattern=KIND_PATTERN.pattern)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE_SIZE)] = 50,
         cursor: Annotated[str | None, QueryParameter(max_length=64)] = None,
     ) -> RequestPage:
@@ -109,6 +109,24 @@ class RequestsController(Controller):
             else:
                 await connection.execute(sql("mark_cancel_requested"), request_id)
         return await _load(pool, request_id, tenant_id)
+
+
+async def _insert_request(pool: asyncpg.Pool, tenant_id: uuid.UUID, data: CreateRequest) -> asyncpg.Record:
+    """The accept statement; its input errors (unknown kind, unstorable payload) leave nothing written."""
+    try:
+        row = await pool.fetchrow(sql("accept_request"), new_request_id(), tenant_id, data.kind, data.payload)
+    except asyncpg.UntranslatableCharacterError:
+        # Postgres jsonb cannot hold U+0000 in a string or key; the one statement failed as a whole.
+        raise InvalidInput(
+            "the payload contains a NUL character (\\u0000), which cannot be stored",
+            errors=[{"field": "payload", "in": "body", "message": "strings and keys must not contain \\u0000"}],
+        ) from None
+    if row is None:
+        raise UnknownKind(
+            f"no worker handles kind {data.kind!r}; start a worker whose handlers include it",
+            errors=[{"field": "kind", "in": "body", "message": "no handler is registered for this kind"}],
+        )
+    return row
 
 
 async def _load(pool: asyncpg.Pool, request_id: uuid.UUID, tenant_id: uuid.UUID) -> RequestState:

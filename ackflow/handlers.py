@@ -83,6 +83,14 @@ def handler(
     `timeout` bounds one attempt; `heartbeat_timeout`, if set, fails an attempt whose handler stopped
     calling `heartbeat()`; retries back off from `initial_retry` to `max_retry` seconds.
     """
+    if timeout <= 0 or (heartbeat_timeout is not None and heartbeat_timeout <= 0):
+        raise ConfigurationError(f"handler {kind!r}: timeout and heartbeat_timeout must be greater than zero")
+    if max_attempts < 1:
+        raise ConfigurationError(f"handler {kind!r}: max_attempts must be at least 1")
+    if not 0 < initial_retry <= max_retry:
+        raise ConfigurationError(
+            f"handler {kind!r}: retries need 0 < initial_retry ({initial_retry}) <= max_retry ({max_retry})"
+        )
     options = HandlerOptions(
         start_to_close_seconds=timeout,
         heartbeat_seconds=heartbeat_timeout,

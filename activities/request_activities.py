@@ -65,7 +65,15 @@ class RequestActivities:
         except PermanentError as exc:
             raise ApplicationError(str(exc), type="PermanentError", non_retryable=True) from None
         self._check_result(result)
-        if not await transition(self._pool, run.request_id, DONE, (PROCESSING,), result=result):
+        try:
+            recorded = await transition(self._pool, run.request_id, DONE, (PROCESSING,), result=result)
+        except asyncpg.UntranslatableCharacterError:
+            raise ApplicationError(
+                "handler result contains a NUL character (\\u0000), which Postgres cannot store",
+                type="InvalidResult",
+                non_retryable=True,
+            ) from None
+        if not recorded:
             log.info("request %s ended before its handler finished; result dropped", run.request_id)
         return RunHandlerOutput(result=None)
 

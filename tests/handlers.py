@@ -17,3 +17,9 @@ async def flaky(payload: Any) -> dict[str, Any]:
     if _attempts[key] <= int(payload.get("failures", 0)):
         raise RuntimeError(f"transient failure {_attempts[key]}")
     return {"attempts": _attempts[key]}
+
+
+@handler("nul_result", timeout=10, max_attempts=3)
+async def nul_result(payload: Any) -> dict[str, str]:
+    """Returns a string Postgres jsonb cannot store."""
+    return {"text": "before\u0000after"}

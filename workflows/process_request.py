@@ -91,7 +91,7 @@ def describe_failure(failure: ActivityError) -> dict[str, Any]:
     """The error recorded on a FAILED request: what kind of failure, and the handler's message."""
     cause = failure.cause
     if isinstance(cause, ApplicationError):
-        return {"type": cause.type or "HandlerError", "message": cause.message, "retryable": not cause.non_retryable}
+        return {"type": cause.type or "HandlerError", "message": cause.message}
     if isinstance(cause, TimeoutError):
         return {"type": "Timeout", "message": f"handler timed out ({cause.type.name if cause.type else 'timeout'})"}
     return {"type": type(cause).__name__ if cause else "ActivityError", "message": str(cause or failure)}

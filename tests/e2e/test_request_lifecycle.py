@@ -155,3 +155,10 @@ async def test_another_tenants_request_is_not_found_everywhere(
         assert_problem(await intruder.post(f"/v1/requests/{mine['id']}/cancel"), 404, "not-found")
         listed = (await intruder.get("/v1/requests")).json()
     assert listed["items"] == []
+
+
+async def test_a_result_postgres_cannot_store_fails_the_request_without_retrying(client: httpx.AsyncClient) -> None:
+    accepted = await submit(client, "nul_result", {})
+
+    failed = await wait_for_status(client, str(accepted["id"]), {"FAILED"})
+    assert failed["error"]["type"] == "InvalidResult" and "NUL" in failed["error"]["message"]

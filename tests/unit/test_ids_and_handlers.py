@@ -55,3 +55,20 @@ def test_example_handlers_register_their_kinds_with_their_options() -> None:
     assert {"echo", "sleep", "fail"} <= set(registry.kinds())
     sleep = registry.get("sleep")
     assert sleep is not None and sleep.options.heartbeat_seconds is not None
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"initial_retry": 120.0, "max_retry": 60.0},
+        {"initial_retry": 0.0},
+        {"max_attempts": 0},
+        {"timeout": 0.0},
+        {"heartbeat_timeout": -1.0},
+    ],
+)
+def test_impossible_handler_options_are_refused_at_registration(options: dict[str, float]) -> None:
+    from ackflow.handlers import handler
+
+    with pytest.raises(ConfigurationError, match="handler 'impossible'"):
+        handler("impossible", **options)  # type: ignore[arg-type]

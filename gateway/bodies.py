@@ -36,7 +36,10 @@ async def require_json_body(connection: ASGIConnection[Any, Any, Any, Any], _: B
     """
     media_type = connection.headers.get("content-type", "").partition(";")[0].strip().lower()
     if media_type and not _is_json(media_type):
-        raise ClientException("send the request body as application/json", status_code=415)
+        raise ClientException(
+            f"the body is {media_type}; send it as application/json (with curl: -H 'Content-Type: application/json')",
+            status_code=415,
+        )
     if isinstance(connection, Request) and not await connection.body():
         raise InvalidInput('the request body is empty: send a JSON object such as {"kind": "echo"}', status_code=400)
 

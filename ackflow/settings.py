@@ -36,6 +36,9 @@ class Settings:
     relay_batch_size: int = 100
     relay_poll_seconds: float = 1.0
     auth_cache_seconds: float = 2.0
+    capability_ttl_seconds: int = 24 * 3600
+    stream_keepalive_seconds: float = 15.0
+    stream_poll_seconds: float = 2.0
     db_pool_size: int = 10
     connect_timeout_seconds: float = 10.0
     log_level: str = "INFO"
@@ -97,6 +100,9 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "relay_batch_size": ("ACKFLOW_RELAY_BATCH_SIZE", int),
     "relay_poll_seconds": ("ACKFLOW_RELAY_POLL_SECONDS", float),
     "auth_cache_seconds": ("ACKFLOW_AUTH_CACHE_SECONDS", float),
+    "capability_ttl_seconds": ("ACKFLOW_CAPABILITY_TTL_SECONDS", int),
+    "stream_keepalive_seconds": ("ACKFLOW_STREAM_KEEPALIVE_SECONDS", float),
+    "stream_poll_seconds": ("ACKFLOW_STREAM_POLL_SECONDS", float),
     "db_pool_size": ("ACKFLOW_DB_POOL_SIZE", int),
     "connect_timeout_seconds": ("ACKFLOW_CONNECT_TIMEOUT_SECONDS", float),
     "log_level": ("ACKFLOW_LOG_LEVEL", str.upper),

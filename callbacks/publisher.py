@@ -1,27 +1,23 @@
 """Publishes each status event on Redis pub/sub for the gateways' live channels.
 
-Redis is only the fast path: the record is Postgres (`request_events`), from which any client that
-missed a message catches up. So a publish that fails is logged and dropped rather than holding
-the outbox row back: Redis down costs latency, never an event.
+Each event goes to its request's channel and its tenant's channel, in one round trip. Redis is only
+the fast path: the record is Postgres (`request_events`), from which any client that missed a
+message catches up. So a publish that fails is logged and dropped rather than holding the outbox
+row back: Redis down costs latency, never an event.
 """
 
 from __future__ import annotations
 
 import logging
 
-import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from ackflow.contracts import STATUS_TOPICS
 from ackflow.events import OutboxEvent
+from ackflow.live import LiveEvent, encode_live_event, request_channel, tenant_channel
 
 log = logging.getLogger(__name__)
-
-
-def events_channel(tenant_id: str) -> str:
-    """The pub/sub channel of one tenant's request events."""
-    return f"ackflow:events:{tenant_id}"
 
 
 class StatusPublisher:
@@ -33,17 +29,24 @@ class StatusPublisher:
         self._redis = redis
 
     async def publish(self, event: OutboxEvent) -> None:
-        """Publish `{event_id, topic, request_id, version, data}` on the tenant's channel, best effort."""
-        message = msgspec.json.encode(
-            {
-                "event_id": event.event_id,
-                "topic": event.topic,
-                "request_id": str(event.request_id),
-                "version": event.payload.get("version"),
-                "data": event.payload,
-            }
+        """Publish the event on its request's and its tenant's channel, best effort."""
+        if event.event_id is None:
+            log.warning("outbox row %s (%s) has no request event; nothing to publish", event.id, event.topic)
+            return
+        message = encode_live_event(
+            LiveEvent(
+                event_id=event.event_id,
+                topic=event.topic,
+                request_id=str(event.request_id),
+                tenant_id=str(event.tenant_id),
+                version=int(event.payload.get("version", 0)),
+                data=event.payload,
+            )
         )
         try:
-            await self._redis.publish(events_channel(str(event.tenant_id)), message)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.publish(request_channel(str(event.request_id)), message)
+                pipe.publish(tenant_channel(str(event.tenant_id)), message)
+                await pipe.execute()
         except (RedisError, OSError) as exc:
             log.warning("could not publish %s to Redis (clients catch up from Postgres): %s", event.topic, exc)

@@ -17,40 +17,61 @@ from ackflow.db.pool import create_pool
 from ackflow.settings import Settings
 from gateway.auth import ApiKeyAuthenticator
 from gateway.bodies import JsonRequest
+from gateway.capabilities import CapabilityTokens, load_signing_key
 from gateway.health import HealthController
+from gateway.hub import ResilientPubSubBackend, create_channels
 from gateway.problems import EXCEPTION_HANDLERS, not_found_page_as_problem
 from gateway.requests_controller import RequestsController
+from gateway.streams import Streams
+from gateway.streams_controller import RequestStreamsController, TenantStreamsController
 
 
 def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None, redis: Redis | None = None) -> Litestar:
     """The gateway. Opens its own Postgres pool and Redis client unless given them (tests, `ackflow dev`)."""
+    own_redis = redis is None
+    redis_client = redis or Redis.from_url(
+        settings.redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=10
+    )
+    channels, hub = create_channels(redis_client)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         own_pool = pool is None
-        own_redis = redis is None
         app.state.pool = pool or await create_pool(
             settings.database_url, size=settings.db_pool_size, timeout=settings.connect_timeout_seconds
         )
-        app.state.redis = redis or Redis.from_url(
-            settings.redis_url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=30
-        )
-        app.state.authenticator = ApiKeyAuthenticator(app.state.pool, settings.auth_cache_seconds)
         try:
+            app.state.redis = redis_client
+            app.state.hub = hub
+            app.state.authenticator = ApiKeyAuthenticator(app.state.pool, settings.auth_cache_seconds)
+            app.state.capability_tokens = CapabilityTokens(
+                await load_signing_key(app.state.pool), settings.capability_ttl_seconds
+            )
+            app.state.streams = Streams(
+                app.state.pool,
+                channels,
+                hub,
+                keepalive_seconds=settings.stream_keepalive_seconds,
+                poll_seconds=settings.stream_poll_seconds,
+            )
             yield
         finally:
             if own_redis:
-                await app.state.redis.aclose()
+                await redis_client.aclose()
             if own_pool:
                 await app.state.pool.close()
 
     return Litestar(
-        route_handlers=[RequestsController, HealthController],
+        route_handlers=[RequestsController, RequestStreamsController, TenantStreamsController, HealthController],
         lifespan=[lifespan],
+        plugins=[channels],
         dependencies={
             "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
             "pool": Provide(_pool, sync_to_thread=False),
             "redis": Provide(_redis, sync_to_thread=False),
+            "hub": Provide(_hub, sync_to_thread=False),
+            "streams": Provide(_streams, sync_to_thread=False),
+            "capability_tokens": Provide(_capability_tokens, sync_to_thread=False),
         },
         exception_handlers=EXCEPTION_HANDLERS,
         request_class=JsonRequest,
@@ -77,3 +98,18 @@ def _pool(state: State) -> asyncpg.Pool:
 def _redis(state: State) -> Redis:
     redis: Redis = state.redis
     return redis
+
+
+def _hub(state: State) -> ResilientPubSubBackend:
+    hub: ResilientPubSubBackend = state.hub
+    return hub
+
+
+def _streams(state: State) -> Streams:
+    streams: Streams = state.streams
+    return streams
+
+
+def _capability_tokens(state: State) -> CapabilityTokens:
+    tokens: CapabilityTokens = state.capability_tokens
+    return tokens

@@ -12,7 +12,7 @@ import uuid
 from typing import Any
 
 import asyncpg
-from litestar import Request
+from litestar import Request, WebSocket
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
@@ -68,4 +68,27 @@ async def require_api_key(connection: ASGIConnection[Any, Any, Any, Any], _: Bas
 def current_tenant(request: Request[Any, Any, Any]) -> uuid.UUID:
     """Dependency: the tenant the guard authenticated."""
     tenant_id: uuid.UUID = request.state.tenant_id
+    return tenant_id
+
+
+async def require_key_or_capability(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Guard for one request's streams: the API key, or that request's capability token (`?token=`).
+
+    Browsers' EventSource and WebSocket cannot send headers; the token opens this request only.
+    """
+    token = connection.query_params.get("token")
+    if token is None:
+        await require_api_key(connection, _)
+        return
+    request_id = connection.path_params.get("request_id")
+    tokens = connection.app.state.capability_tokens
+    tenant_id = tokens.tenant_for(token, request_id) if isinstance(request_id, uuid.UUID) else None
+    if tenant_id is None:
+        raise Unauthorized("the token is not valid for this request (forged, expired or for another request)")
+    connection.state.tenant_id = tenant_id
+
+
+def current_socket_tenant(socket: WebSocket[Any, Any, Any]) -> uuid.UUID:
+    """Dependency: the tenant the guard authenticated, for WebSocket routes."""
+    tenant_id: uuid.UUID = socket.state.tenant_id
     return tenant_id

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import uuid
 from typing import Annotated, Any
 
 import asyncpg
-from litestar import Controller, Response, get, post
+from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
@@ -21,9 +22,13 @@ from ackflow.ids import new_request_id
 from ackflow.settings import Settings
 from gateway.auth import current_tenant, require_api_key
 from gateway.bodies import require_json_body
+from gateway.capabilities import CapabilityTokens
 from gateway.schemas import AcceptedRequest, CreateRequest, Links, RequestPage, RequestState
+from gateway.streams import Streams
 
 MAX_PAGE_SIZE = 200
+MAX_WAIT_SECONDS = 60
+_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
 
 
 class RequestsController(Controller):
@@ -41,31 +46,50 @@ class RequestsController(Controller):
         tenant_id: NamedDependency[uuid.UUID],
         pool: NamedDependency[asyncpg.Pool],
         settings: NamedDependency[Settings],
+        capability_tokens: NamedDependency[CapabilityTokens],
     ) -> Response[AcceptedRequest]:
-        """Commit the request (status INIT) with its outbox event in one statement, and answer at once."""
+        """Commit the request (status INIT) with its outbox event in one statement, and answer at once.
+
+        `links.events` is a capability URL: it opens this request's event stream without the API key
+        (for browsers' EventSource), and nothing else.
+        """
         row = await _insert_request(pool, tenant_id, data)
         location = f"/v1/requests/{row['id']}"
+        token = capability_tokens.issue(row["id"], tenant_id)
         body = AcceptedRequest(
             id=row["id"],
             kind=row["kind"],
             status=row["status"],
             version=row["version"],
             created_at=row["created_at"],
-            links=Links(self=location, events=f"{location}/events"),
+            links=Links(self=location, events=f"{location}/events?token={token}"),
         )
         headers = {"Location": location, "Retry-After": str(settings.retry_after_seconds)}
         return Response(body, status_code=202, headers=headers)
 
-    @get("/{request_id:uuid}", summary="Get a request's status and result")
+    @get("/{request_id:uuid}", summary="Get a request's status and result (long poll with ?wait=N)")
     async def read(
         self,
+        request: Request[Any, Any, Any],
         request_id: FromPath[uuid.UUID],
         tenant_id: NamedDependency[uuid.UUID],
         pool: NamedDependency[asyncpg.Pool],
         settings: NamedDependency[Settings],
+        streams: NamedDependency[Streams],
+        wait: Annotated[float | None, QueryParameter(ge=0, le=MAX_WAIT_SECONDS)] = None,
     ) -> Response[RequestState]:
+        """With `?wait=N` (or `Prefer: wait=N`), answer as soon as the request ends, or after N seconds."""
+        headers: dict[str, str] = {}
+        preferred = _preferred_wait(request.headers.get("prefer"))
+        if wait is None and preferred is not None:
+            wait = preferred
+            headers["Preference-Applied"] = f"wait={preferred:g}"
         state = await _load(pool, request_id, tenant_id)
-        headers = {} if state.status in TERMINAL_STATUSES else {"Retry-After": str(settings.retry_after_seconds)}
+        if wait and state.status not in TERMINAL_STATUSES:
+            await streams.wait_until_terminal(tenant_id, request_id, wait)
+            state = await _load(pool, request_id, tenant_id)
+        if state.status not in TERMINAL_STATUSES:
+            headers["Retry-After"] = str(settings.retry_after_seconds)
         return Response(state, headers=headers)
 
     @get("/", summary="List requests, newest first")
@@ -154,3 +178,9 @@ def _decode_cursor(cursor: str) -> uuid.UUID:
             status_code=400,
             errors=[{"field": "cursor", "in": "query", "message": "malformed cursor"}],
         ) from None
+
+
+def _preferred_wait(prefer: str | None) -> float | None:
+    """The `wait` preference of a `Prefer` header (RFC 7240), capped at the maximum; None if absent."""
+    match = _PREFER_WAIT.search(prefer or "")
+    return None if match is None else min(float(match[1]), MAX_WAIT_SECONDS)

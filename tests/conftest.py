@@ -69,13 +69,13 @@ def servers(server_root: Path) -> Iterator[Servers]:
         for server in started:
             server.wait_until_ready()
         template_url = devstack.create_database(ports["postgres"], TEMPLATE_DB)
-        asyncio.run(_migrate(template_url))
+        asyncio.run(migrate_database(template_url))
         yield Servers(ports["postgres"], ports["redis"], f"{devstack.LOOPBACK}:{ports['temporal']}")
     finally:
         devstack.stop_all(started)
 
 
-async def _migrate(url: str) -> None:
+async def migrate_database(url: str) -> None:
     connection = await asyncpg.connect(url)
     try:
         await migrate(connection)

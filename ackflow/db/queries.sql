@@ -101,3 +101,37 @@ DELETE FROM outbox WHERE id = ANY($1::bigint[]);
 UPDATE outbox
    SET attempts = attempts + 1, last_error = $2, available_at = now() + make_interval(secs => $3)
  WHERE id = $1;
+
+-- name: ensure_signing_key
+-- The named secret, made from $2 by the first caller; everyone after gets the same one.
+WITH made AS (
+    INSERT INTO signing_keys (name, secret) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING RETURNING secret
+)
+SELECT secret FROM made UNION ALL SELECT secret FROM signing_keys WHERE name = $1 LIMIT 1;
+
+-- name: request_stream_position
+-- Where a stream of one request starts: its status and version now, and the version of the event
+-- the client saw last ($3 = Last-Event-ID, 0 for none). No row: no such request for this tenant.
+SELECT r.status, r.version,
+       (SELECT coalesce(max(e.version), 0) FROM request_events e WHERE e.request_id = r.id AND e.id <= $3)
+           AS seen_version
+  FROM requests r
+ WHERE r.id = $1 AND r.tenant_id = $2;
+
+-- name: request_events_after_version
+SELECT id, topic, status, version, request_id, data
+  FROM request_events
+ WHERE request_id = $1 AND tenant_id = $2 AND version > $3
+ ORDER BY version;
+
+-- name: tenant_events_after
+SELECT id, topic, status, version, request_id, data
+  FROM request_events
+ WHERE tenant_id = $1 AND id > $2
+   AND ($3::text IS NULL OR data ->> 'kind' = $3)
+   AND ($4::text IS NULL OR status = $4)
+ ORDER BY id
+ LIMIT $5;
+
+-- name: latest_tenant_event_id
+SELECT coalesce(max(id), 0) FROM request_events WHERE tenant_id = $1;

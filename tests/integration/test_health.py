@@ -13,6 +13,7 @@ import httpx
 from ackflow import devstack
 from ackflow.roles import run_gateway
 from ackflow.settings import Settings
+from tests.conftest import migrate_database
 from tests.helpers import assert_eventually, assert_problem
 
 
@@ -55,9 +56,9 @@ async def test_postgres_down_makes_the_gateway_unready_naming_postgres(server_di
     server = devstack.start_postgres(server_dir, port, fast_unsafe=True)
     try:
         server.wait_until_ready()
-        own_postgres = replace(
-            settings, database_url=devstack.postgres_url(port, "postgres"), connect_timeout_seconds=2
-        )
+        url = devstack.postgres_url(port, "postgres")
+        await migrate_database(url)
+        own_postgres = replace(settings, database_url=url, connect_timeout_seconds=2)
         async with gateway(own_postgres) as http:
             assert (await http.get("/health/ready")).status_code == 200
             server.stop()

@@ -1,0 +1,175 @@
+"""The gateway's hub: ONE Redis pub/sub connection per process, fanned out to every waiting client.
+
+Built on Litestar's channels plugin (subscribe/unsubscribe bookkeeping, per-subscriber queues) with
+two additions the stock Redis backend lacks, because Redis here is only a fast path:
+
+* `ResilientPubSubBackend` survives Redis going away. The stock backend's event loop ends on the
+  first connection error and never comes back; this one reconnects with backoff, re-subscribes,
+  and then tells every subscriber to `RESYNC` (catch up from Postgres), since messages published
+  while it was away are gone. `healthy` says whether live events are flowing, so streams know when
+  to fall back to reading Postgres every couple of seconds.
+* `StreamSubscriber` has a bounded buffer and remembers when it overflowed, so a slow client is
+  closed with a reconnect hint (and catches up from Postgres) instead of holding others up or
+  growing without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncGenerator, Iterable
+
+from litestar.channels import ChannelsPlugin
+from litestar.channels.backends.base import ChannelsBackend
+from litestar.channels.subscriber import Subscriber
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+RESYNC = b"\x00resync"  # not JSON, so it can never be mistaken for a published event
+HUB_CHANNEL = "ackflow:hub"  # always subscribed, so the connection exists before any client waits
+MAX_RECONNECT_SECONDS = 5.0
+SUBSCRIBER_BUFFER = 64
+
+
+class ResilientPubSubBackend(ChannelsBackend):
+    """Redis pub/sub for the channels plugin that reconnects, and says when it is degraded."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._channels: set[str] = set()
+        self._pubsub: PubSub | None = None
+        self._healthy = False
+        self._ever_connected = False
+
+    @property
+    def healthy(self) -> bool:
+        """True while live events are flowing from Redis."""
+        return self._healthy
+
+    async def on_startup(self) -> None:
+        pass
+
+    async def on_shutdown(self) -> None:
+        await self._drop_connection()
+
+    async def publish(self, data: bytes, channels: Iterable[str]) -> None:
+        for channel in channels:
+            await self._redis.publish(channel, data)
+
+    async def subscribe(self, channels: Iterable[str]) -> None:
+        new = set(channels) - self._channels
+        self._channels |= new
+        if new and self._pubsub is not None and self._healthy:
+            try:
+                await self._pubsub.subscribe(*new)
+            except (RedisError, OSError) as exc:
+                self._mark_degraded(exc)
+
+    async def unsubscribe(self, channels: Iterable[str]) -> None:
+        gone = set(channels) & self._channels
+        self._channels -= gone
+        if gone and self._pubsub is not None and self._healthy:
+            try:
+                await self._pubsub.unsubscribe(*gone)
+            except (RedisError, OSError) as exc:
+                self._mark_degraded(exc)
+
+    async def stream_events(self) -> AsyncGenerator[tuple[str, bytes], None]:
+        """Yield (channel, message) forever, reconnecting with backoff whenever Redis fails."""
+        backoff = 0.1
+        while True:
+            try:
+                if self._pubsub is None:
+                    await self._connect()
+                    backoff = 0.1
+                    if self._ever_connected:
+                        for channel in list(self._channels):
+                            yield channel, RESYNC
+                    self._ever_connected = True
+                assert self._pubsub is not None
+                message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if message is not None and message.get("type") == "message":
+                    channel = message["channel"]
+                    yield channel.decode() if isinstance(channel, bytes) else str(channel), message["data"]
+            except (RedisError, OSError) as exc:
+                self._mark_degraded(exc)
+                await self._drop_connection()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_RECONNECT_SECONDS)
+
+    async def get_history(self, channel: str, limit: int | None = None) -> list[bytes]:
+        return []  # history lives in Postgres (request_events), not in Redis
+
+    async def _connect(self) -> None:
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(HUB_CHANNEL, *self._channels)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+            raise
+        self._pubsub = pubsub
+        if not self._healthy and self._ever_connected:
+            log.info("Redis pub/sub is back; live events flow again")
+        self._healthy = True
+
+    def _mark_degraded(self, exc: BaseException) -> None:
+        if self._healthy:
+            log.warning("Redis pub/sub lost (%s); streams fall back to Postgres until it is back", exc)
+        self._healthy = False
+
+    async def _drop_connection(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+class StreamSubscriber(Subscriber):
+    """A bounded subscriber that records overflow instead of blocking the hub."""
+
+    overflowed = False
+
+    def put_nowait(self, item: bytes | None) -> bool:
+        accepted = super().put_nowait(item)
+        if not accepted:
+            self.overflowed = True
+        return accepted
+
+    async def put(self, item: bytes | None) -> None:
+        # The plugin puts None to stop a subscriber; on a full buffer that must not wait for a reader
+        # that may be gone, so make room for it.
+        if item is None and not super().put_nowait(None):
+            with contextlib.suppress(asyncio.QueueEmpty):
+                self._queue.get_nowait()
+            super().put_nowait(None)
+            return
+        if item is not None:
+            await super().put(item)
+
+    async def next_message(self, timeout: float) -> bytes | None:
+        """The next message, or None after `timeout` seconds (or when unsubscribed)."""
+        try:
+            item = await asyncio.wait_for(self._queue.get(), timeout)
+        except TimeoutError:
+            return None
+        self._queue.task_done()
+        return bytes(item) if item is not None else None
+
+
+def create_channels(redis: Redis) -> tuple[ChannelsPlugin, ResilientPubSubBackend]:
+    """The channels plugin wired to a resilient backend; both are needed (the backend says `healthy`)."""
+    backend = ResilientPubSubBackend(redis)
+    plugin = ChannelsPlugin(
+        backend=backend,
+        arbitrary_channels_allowed=True,
+        create_ws_route_handlers=False,
+        subscriber_max_backlog=SUBSCRIBER_BUFFER,
+        subscriber_backlog_strategy="backoff",
+        subscriber_class=StreamSubscriber,
+    )
+    return plugin, backend

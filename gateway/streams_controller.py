@@ -1,0 +1,144 @@
+"""Live results: Server-Sent Events and WebSocket for one request, and SSE for all of a tenant's.
+
+SSE: `id:` is the request_events id, `event:` the topic, `data:` the request's state; a reconnect
+with `Last-Event-ID` (header, or `last_event_id` query for clients that cannot set it) resumes
+exactly after it. A request's stream ends after its terminal event; reconnecting after that answers
+204, which tells EventSource to stop. A keep-alive comment goes out every 15 s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Request, Response, WebSocket, get, websocket
+from litestar.di import NamedDependency, Provide
+from litestar.exceptions import WebSocketDisconnect
+from litestar.params import FromPath, QueryParameter
+from litestar.response import ServerSentEvent, ServerSentEventMessage
+from litestar.status_codes import WS_1000_NORMAL_CLOSURE, WS_1013_TRY_AGAIN_LATER
+
+from ackflow.contracts import ALL_STATUSES
+from ackflow.errors import InvalidInput, NotFound
+from ackflow.handlers import KIND_PATTERN
+from gateway.auth import current_socket_tenant, current_tenant, require_api_key, require_key_or_capability
+from gateway.streams import KEEPALIVE, OVERFLOW, StreamEvent, StreamItem, Streams
+
+SSE_RETRY_MILLISECONDS = 2000
+MAX_EVENT_ID = 2**63 - 1
+
+
+class RequestStreamsController(Controller):
+    """One request's events, opened with the API key or the request's capability token."""
+
+    path = "/v1/requests/{request_id:uuid}"
+    guards = [require_key_or_capability]
+    dependencies = {"tenant_id": Provide(current_tenant, sync_to_thread=False)}
+    tags = ["live results"]
+
+    @get("/events", summary="Server-Sent Events of one request", media_type="text/event-stream")
+    async def events(
+        self,
+        request: Request[Any, Any, Any],
+        request_id: FromPath[uuid.UUID],
+        tenant_id: NamedDependency[uuid.UUID],
+        streams: NamedDependency[Streams],
+        last_event_id: Annotated[int | None, QueryParameter(ge=0, le=MAX_EVENT_ID)] = None,
+        token: Annotated[str | None, QueryParameter(max_length=200)] = None,
+    ) -> Response[Any]:
+        after = _last_event_id(request.headers.get("last-event-id"), last_event_id)
+        position = await streams.position(tenant_id, request_id, after)
+        if position is None:
+            raise NotFound(f"request {request_id} does not exist")
+        if position.finished_for_client:
+            return Response(None, status_code=204)  # tells EventSource the stream is over
+        items = streams.follow_request(tenant_id, request_id, position.seen_version)
+        return ServerSentEvent(_sse(items), retry_duration=SSE_RETRY_MILLISECONDS)
+
+    @websocket("/ws", dependencies={"tenant_id": Provide(current_socket_tenant, sync_to_thread=False)})
+    async def socket(
+        self,
+        socket: WebSocket[Any, Any, Any],
+        request_id: FromPath[uuid.UUID],
+        tenant_id: NamedDependency[uuid.UUID],
+        streams: NamedDependency[Streams],
+        last_event_id: Annotated[int | None, QueryParameter(ge=0, le=MAX_EVENT_ID)] = None,
+        token: Annotated[str | None, QueryParameter(max_length=200)] = None,
+    ) -> None:
+        """The same events as JSON messages `{id, event, data}`; pings; a normal close after the terminal one."""
+        position = await streams.position(tenant_id, request_id, last_event_id or 0)
+        await socket.accept()
+        if position is None:
+            await socket.close(code=4404, reason="no such request")
+            return
+        items = streams.follow_request(tenant_id, request_id, position.seen_version)
+        with contextlib.suppress(WebSocketDisconnect):
+            close_code, reason = await _relay_to_socket(socket, items)
+            await socket.close(code=close_code, reason=reason)
+
+
+class TenantStreamsController(Controller):
+    """All of the tenant's events (API key only)."""
+
+    path = "/v1/events"
+    guards = [require_api_key]
+    dependencies = {"tenant_id": Provide(current_tenant, sync_to_thread=False)}
+    tags = ["live results"]
+
+    @get("/", summary="Server-Sent Events of all the tenant's requests", media_type="text/event-stream")
+    async def events(
+        self,
+        request: Request[Any, Any, Any],
+        tenant_id: NamedDependency[uuid.UUID],
+        streams: NamedDependency[Streams],
+        kind: Annotated[str | None, QueryParameter(pattern=KIND_PATTERN.pattern)] = None,
+        status: Annotated[str | None, QueryParameter(max_length=20)] = None,
+        last_event_id: Annotated[int | None, QueryParameter(ge=0, le=MAX_EVENT_ID)] = None,
+    ) -> ServerSentEvent:
+        if status is not None and status not in ALL_STATUSES:
+            raise InvalidInput(
+                f"status must be one of {', '.join(ALL_STATUSES)}",
+                status_code=400,
+                errors=[{"field": "status", "in": "query", "message": "unknown status"}],
+            )
+        header = request.headers.get("last-event-id")
+        after = _last_event_id(header, last_event_id) if header or last_event_id is not None else None
+        items = streams.follow_tenant(tenant_id, after, kind, status)
+        return ServerSentEvent(_sse(items), retry_duration=SSE_RETRY_MILLISECONDS)
+
+
+def _last_event_id(header: str | None, query: int | None) -> int:
+    if header is None or not header.strip():
+        return query or 0
+    if not header.strip().isdigit() or int(header) > MAX_EVENT_ID:
+        raise InvalidInput(
+            "Last-Event-ID must be an event id this API sent",
+            status_code=400,
+            errors=[{"field": "Last-Event-ID", "in": "header", "message": "not an event id"}],
+        )
+    return int(header)
+
+
+async def _sse(items: AsyncIterator[StreamItem]) -> AsyncIterator[ServerSentEventMessage]:
+    async for item in items:
+        if isinstance(item, StreamEvent):
+            data = msgspec.json.encode(item.data).decode()
+            yield ServerSentEventMessage(data=data, event=item.topic, id=str(item.id))
+        elif item is KEEPALIVE:
+            yield ServerSentEventMessage(comment="keep-alive")
+        elif item is OVERFLOW:
+            yield ServerSentEventMessage(comment="too slow: reconnect with Last-Event-ID to catch up")
+
+
+async def _relay_to_socket(socket: WebSocket[Any, Any, Any], items: AsyncIterator[StreamItem]) -> tuple[int, str]:
+    async for item in items:
+        if isinstance(item, StreamEvent):
+            await socket.send_json({"id": item.id, "event": item.topic, "data": item.data})
+        elif item is KEEPALIVE:
+            await socket.send_json({"event": "ping"})
+        elif item is OVERFLOW:
+            return WS_1013_TRY_AGAIN_LATER, "too slow: reconnect with last_event_id to catch up"
+    return WS_1000_NORMAL_CLOSURE, "request finished"

@@ -1,9 +1,10 @@
 """Publishes each status event on Redis pub/sub for the gateways' live channels.
 
 Each event goes to its request's channel and its tenant's channel, in one round trip. Redis is only
-the fast path: the record is Postgres (`request_events`), from which any client that missed a
-message catches up. So a publish that fails is logged and dropped rather than holding the outbox
-row back: Redis down costs latency, never an event.
+the fast path: the record is Postgres (`request_events`), and while Redis is down the gateways'
+streams read Postgres instead. A publish that fails is retried once at once (a pooled connection
+that went stale when Redis restarted), then raised, so the relay keeps the outbox row and publishes
+it when Redis is back: streams that trust Redis again still receive every event.
 """
 
 from __future__ import annotations
@@ -43,10 +44,14 @@ class StatusPublisher:
                 data=event.payload,
             )
         )
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.publish(request_channel(str(event.request_id)), message)
-                pipe.publish(tenant_channel(str(event.tenant_id)), message)
-                await pipe.execute()
-        except (RedisError, OSError) as exc:
-            log.warning("could not publish %s to Redis (clients catch up from Postgres): %s", event.topic, exc)
+        for attempt in (1, 2):
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    pipe.publish(request_channel(str(event.request_id)), message)
+                    pipe.publish(tenant_channel(str(event.tenant_id)), message)
+                    await pipe.execute()
+                return
+            except (RedisError, OSError) as exc:
+                if attempt == 2:
+                    raise
+                log.info("publishing %s to Redis failed (%s); retrying once", event.topic, exc)

@@ -6,8 +6,10 @@ two additions the stock Redis backend lacks, because Redis here is only a fast p
 * `ResilientPubSubBackend` survives Redis going away. The stock backend's event loop ends on the
   first connection error and never comes back; this one reconnects with backoff, re-subscribes,
   and then tells every subscriber to `RESYNC` (catch up from Postgres), since messages published
-  while it was away are gone. `healthy` says whether live events are flowing, so streams know when
-  to fall back to reading Postgres every couple of seconds.
+  while it was away are gone. It also sends `RESYNC` the moment Redis is lost, so streams waiting
+  for a live event start reading Postgres at once instead of after their keep-alive timeout.
+  `healthy` says whether live events are flowing, so streams know when to read Postgres every
+  couple of seconds instead.
 * `StreamSubscriber` has a bounded buffer and remembers when it overflowed, so a slow client is
   closed with a reconnect hint (and catches up from Postgres) instead of holding others up or
   growing without bound.
@@ -44,6 +46,7 @@ class ResilientPubSubBackend(ChannelsBackend):
         self._pubsub: PubSub | None = None
         self._healthy = False
         self._ever_connected = False
+        self._wake_streams = False
 
     @property
     def healthy(self) -> bool:
@@ -82,16 +85,17 @@ class ResilientPubSubBackend(ChannelsBackend):
         """Yield (channel, message) forever, reconnecting with backoff whenever Redis fails."""
         backoff = 0.1
         while True:
+            if self._wake_streams:  # Redis was lost or is back: every stream must look at Postgres
+                self._wake_streams = False
+                for channel in list(self._channels):
+                    yield channel, RESYNC
             try:
+                if self._pubsub is not None and not self._healthy:
+                    await self._drop_connection()  # a subscribe call found it broken
                 if self._pubsub is None:
                     await self._connect()
                     backoff = 0.1
-                    if self._ever_connected:
-                        for channel in list(self._channels):
-                            yield channel, RESYNC
-                    self._ever_connected = True
-                assert self._pubsub is not None
-                message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)  # type: ignore[union-attr]
                 if message is not None and message.get("type") == "message":
                     channel = message["channel"]
                     yield channel.decode() if isinstance(channel, bytes) else str(channel), message["data"]
@@ -113,13 +117,16 @@ class ResilientPubSubBackend(ChannelsBackend):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
             raise
         self._pubsub = pubsub
-        if not self._healthy and self._ever_connected:
+        if self._ever_connected:
             log.info("Redis pub/sub is back; live events flow again")
+            self._wake_streams = True  # what was published while we were away is gone
+        self._ever_connected = True
         self._healthy = True
 
     def _mark_degraded(self, exc: BaseException) -> None:
         if self._healthy:
             log.warning("Redis pub/sub lost (%s); streams fall back to Postgres until it is back", exc)
+            self._wake_streams = True  # so waiting streams start polling Postgres now
         self._healthy = False
 
     async def _drop_connection(self) -> None:

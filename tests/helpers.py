@@ -56,3 +56,48 @@ def assert_problem(response: httpx.Response, status: int, slug: str | None = Non
     if slug is not None:
         assert body["type"] == f"urn:ackflow:problem:{slug}", body
     return body
+
+
+class SseEvent:
+    """One parsed Server-Sent Event."""
+
+    def __init__(self, event_id: str | None, event: str | None, data: str) -> None:
+        self.id = event_id
+        self.event = event
+        self.data = data
+
+    def json(self) -> Any:
+        import json
+
+        return json.loads(self.data)
+
+    def __repr__(self) -> str:
+        return f"SseEvent(id={self.id!r}, event={self.event!r})"
+
+
+async def read_sse(response: httpx.Response, *, until: Callable[[SseEvent], bool] | None = None) -> list[SseEvent]:
+    """Parse an SSE response body until it ends (or `until` holds for an event)."""
+    events: list[SseEvent] = []
+    event_id: str | None = None
+    event: str | None = None
+    data: list[str] = []
+    async for line in response.aiter_lines():
+        if line == "":
+            if data or event:
+                parsed = SseEvent(event_id, event, "\n".join(data))
+                events.append(parsed)
+                if until is not None and until(parsed):
+                    return events
+            event_id, event, data = None, None, []
+        elif line.startswith(":"):
+            continue
+        else:
+            field, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if field == "id":
+                event_id = value
+            elif field == "event":
+                event = value
+            elif field == "data":
+                data.append(value)
+    return events

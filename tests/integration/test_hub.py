@@ -1,0 +1,65 @@
+"""The hub fans one Redis subscription out to many streams; a slow stream cannot hold up the others."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import asyncpg
+from redis.asyncio import Redis
+
+from ackflow.db.queries import sql
+from ackflow.db.transitions import transition
+from ackflow.handlers import HandlerRegistry
+from ackflow.ids import new_request_id
+from ackflow.live import LiveEvent, encode_live_event, request_channel
+from ackflow.settings import Settings
+from activities.worker import register_kinds
+from gateway.hub import SUBSCRIBER_BUFFER, ResilientPubSubBackend, create_channels
+from gateway.streams import OVERFLOW, StreamEvent, Streams
+from tests.conftest import Tenant
+from tests.helpers import assert_eventually
+
+
+async def test_a_slow_stream_overflows_and_is_told_to_reconnect_while_a_fast_one_keeps_up(
+    settings: Settings, pool: asyncpg.Pool, redis: Redis, registry: HandlerRegistry, tenant: Tenant
+) -> None:
+    await register_kinds(pool, registry, settings.task_queue)
+    row = await pool.fetchrow(sql("accept_request"), new_request_id(), tenant.id, "echo", {})
+    request_id: uuid.UUID = row["id"]
+    channels, hub = create_channels(redis)
+    async with channels:
+        streams = Streams(pool, channels, hub, keepalive_seconds=30, poll_seconds=1)
+        await assert_eventually(lambda: _healthy(hub), message="hub never connected")
+        fast = streams.follow_request(tenant.id, request_id, 0)
+        slow = streams.follow_request(tenant.id, request_id, 0)
+        assert isinstance(await anext(fast), StreamEvent)  # INIT, from Postgres; both now subscribed
+        assert isinstance(await anext(slow), StreamEvent)
+        fast_seen: list[StreamEvent] = []
+
+        async def drain_fast() -> None:
+            async for item in fast:
+                if isinstance(item, StreamEvent):
+                    fast_seen.append(item)
+
+        fast_task = asyncio.create_task(drain_fast())
+        noise = encode_live_event(LiveEvent(0, "request.processing", str(uuid.uuid4()), str(tenant.id), 2, {}))
+        for _ in range(SUBSCRIBER_BUFFER * 3):  # messages the slow stream never reads
+            await redis.publish(request_channel(str(request_id)), noise)
+        await transition(pool, request_id, "PROCESSING", ("INIT",))
+        await transition(pool, request_id, "DONE", ("PROCESSING",), result={"ok": True})
+        for version, topic in ((2, "request.processing"), (3, "request.done")):
+            event = await pool.fetchrow(
+                "SELECT id, data FROM request_events WHERE version = $1 AND request_id = $2", version, request_id
+            )
+            live = LiveEvent(event["id"], topic, str(request_id), str(tenant.id), version, event["data"])
+            await redis.publish(request_channel(str(request_id)), encode_live_event(live))
+
+        await asyncio.wait_for(fast_task, timeout=10)
+        assert [e.status for e in fast_seen] == ["PROCESSING", "DONE"]
+        assert await asyncio.wait_for(anext(slow), timeout=10) is OVERFLOW
+        await slow.aclose()
+
+
+async def _healthy(hub: ResilientPubSubBackend) -> bool:
+    return hub.healthy

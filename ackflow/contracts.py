@@ -96,3 +96,38 @@ class FinishInput:
     status: str
     result: Any = None
     error: dict[str, Any] | None = None
+
+
+# Webhooks ------------------------------------------------------------------------------------
+
+WEBHOOK_RETRY_WORKFLOW = "WebhookRetryWorkflow"
+
+# Svix's schedule: the wait before attempts 2..8, each counted from the previous attempt (~32.6 h).
+WEBHOOK_RETRY_SCHEDULE_SECONDS = (5, 5 * 60, 30 * 60, 2 * 3600, 5 * 3600, 10 * 3600, 10 * 3600)
+WEBHOOK_RETRY_JITTER = 0.2
+WEBHOOK_RETRY_AFTER_BOUNDS_SECONDS = (1, 24 * 3600)
+
+
+@dataclass
+class WebhookRetryInput:
+    """A delivery whose first `attempts_done` attempts failed; `retry_after` is the receiver's last hint."""
+
+    delivery_id: str
+    attempts_done: int
+    retry_after: float | None = None
+    schedule_seconds: list[float] | None = None  # None: WEBHOOK_RETRY_SCHEDULE_SECONDS
+
+
+@dataclass
+class WebhookAttemptInput:
+    """One scheduled attempt; `now` is the workflow's clock (ISO 8601), so health checks follow it."""
+
+    delivery_id: str
+    now: str
+
+
+@dataclass
+class WebhookAttemptOutput:
+    state: str
+    attempt: int
+    retry_after: float | None = None

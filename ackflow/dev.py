@@ -49,6 +49,7 @@ def run_dev(state_dir: str, http_port: int, base: Settings) -> None:
             handler_modules=base.handler_modules or DEV_HANDLERS,
             http_host=devstack.LOOPBACK,
             http_port=http_port,
+            webhook_allow_private=True,  # so webhooks to receivers on this machine work in development
         )
         info = {
             "api_url": f"http://{devstack.LOOPBACK}:{http_port}",

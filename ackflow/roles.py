@@ -58,18 +58,18 @@ async def run_gateway(
         raise RuntimeError("the gateway could not start; see the log above")
 
 
-def relay_routes(client: Client, redis: Redis, settings: Settings) -> dict[str, Route]:
+def relay_routes(client: Client, redis: Redis, settings: Settings, pool: asyncpg.Pool) -> dict[str, Route]:
     """Topic -> route: Temporal for workflow starts and cancels, callbacks for status events."""
-    from callbacks import StatusPublisher
+    from callbacks import StatusEventRoute, StatusPublisher, WebhookFanout
     from outbox_cdc import TemporalDispatcher
 
     dispatcher = TemporalDispatcher(client, settings.task_queue)
-    publisher = StatusPublisher(redis)
+    on_status = StatusEventRoute(WebhookFanout(pool), StatusPublisher(redis))
     routes: dict[str, Route] = {
         TOPIC_ACCEPTED: dispatcher.start_request,
         TOPIC_CANCEL_REQUESTED: dispatcher.cancel_request,
     }
-    routes.update({topic: publisher.publish for topic in STATUS_TOPICS})
+    routes.update({topic: on_status for topic in STATUS_TOPICS})
     return routes
 
 
@@ -82,7 +82,7 @@ async def run_relay(
     relay = OutboxRelay(
         pool,
         settings.database_url,
-        relay_routes(client, redis, settings),
+        relay_routes(client, redis, settings, pool),
         batch_size=settings.relay_batch_size,
         poll_seconds=settings.relay_poll_seconds,
     )

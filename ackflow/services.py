@@ -45,7 +45,8 @@ async def warn_if_redis_unreachable(redis: Redis, settings: Settings) -> None:
     except Exception as exc:
         log.warning(
             "Redis at %s (REDIS_URL) is unreachable (%s): live updates fall back to Postgres until it is back",
-            redact_url(settings.redis_url), str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+            redact_url(settings.redis_url),
+            str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
         )
 
 

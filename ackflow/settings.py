@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, TypeVar
 
-from ackflow.contracts import DEFAULT_TASK_QUEUE
+from ackflow.contracts import DEFAULT_TASK_QUEUE, WEBHOOK_RETRY_SCHEDULE_SECONDS
 from ackflow.errors import ConfigurationError
 
 T = TypeVar("T")
@@ -39,6 +39,11 @@ class Settings:
     capability_ttl_seconds: int = 24 * 3600
     stream_keepalive_seconds: float = 15.0
     stream_poll_seconds: float = 2.0
+    webhook_allow_private: bool = False
+    webhook_disable_after_days: float = 5.0
+    webhook_max_in_flight: int = 200
+    webhook_retry_schedule: tuple[float, ...] = WEBHOOK_RETRY_SCHEDULE_SECONDS
+    webhook_lease_seconds: float = 60.0
     db_pool_size: int = 10
     connect_timeout_seconds: float = 10.0
     log_level: str = "INFO"
@@ -73,6 +78,22 @@ def _parse(variable: str, raw: str, parse: Callable[[str], Any]) -> Any:
     return value
 
 
+def _bool(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _seconds_list(raw: str) -> tuple[float, ...]:
+    values = tuple(float(part) for part in raw.split(",") if part.strip())
+    if not values or any(value <= 0 for value in values):
+        raise ValueError("expected comma-separated positive seconds, such as 5,300,1800")
+    return values
+
+
 def _module_list(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
@@ -103,6 +124,11 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "capability_ttl_seconds": ("ACKFLOW_CAPABILITY_TTL_SECONDS", int),
     "stream_keepalive_seconds": ("ACKFLOW_STREAM_KEEPALIVE_SECONDS", float),
     "stream_poll_seconds": ("ACKFLOW_STREAM_POLL_SECONDS", float),
+    "webhook_allow_private": ("ACKFLOW_WEBHOOK_ALLOW_PRIVATE", _bool),
+    "webhook_disable_after_days": ("ACKFLOW_WEBHOOK_DISABLE_AFTER_DAYS", float),
+    "webhook_max_in_flight": ("ACKFLOW_WEBHOOK_MAX_IN_FLIGHT", int),
+    "webhook_retry_schedule": ("ACKFLOW_WEBHOOK_RETRY_SCHEDULE", _seconds_list),
+    "webhook_lease_seconds": ("ACKFLOW_WEBHOOK_LEASE_SECONDS", float),
     "db_pool_size": ("ACKFLOW_DB_POOL_SIZE", int),
     "connect_timeout_seconds": ("ACKFLOW_CONNECT_TIMEOUT_SECONDS", float),
     "log_level": ("ACKFLOW_LOG_LEVEL", str.upper),

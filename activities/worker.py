@@ -1,11 +1,16 @@
-"""The worker role: registers its handler kinds, then runs ProcessRequestWorkflow and its activities."""
+"""The worker role: registers its handler kinds, then runs the workflows, their activities, and the
+webhook dispatcher (first attempts of webhook deliveries; their retries are workflows here too)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import asyncpg
+import httpx
 from temporalio.client import Client
 from temporalio.worker import Worker
 
@@ -13,7 +18,9 @@ from ackflow.db.queries import sql
 from ackflow.handlers import HandlerRegistry
 from ackflow.settings import Settings
 from activities.request_activities import RequestActivities
-from workflows import ProcessRequestWorkflow
+from activities.webhook_activities import WebhookActivities
+from callbacks import EndpointLimiter, TemporalRetryStarter, WebhookAttempts, WebhookDispatcher, WebhookSender
+from workflows import ProcessRequestWorkflow, WebhookRetryWorkflow
 
 log = logging.getLogger(__name__)
 
@@ -23,14 +30,41 @@ async def register_kinds(pool: asyncpg.Pool, registry: HandlerRegistry, task_que
     await pool.execute(sql("register_handler_kinds"), registry.kinds(), task_queue)
 
 
-def build_worker(client: Client, pool: asyncpg.Pool, registry: HandlerRegistry, settings: Settings) -> Worker:
-    """A Temporal worker for ackflow's task queue, with the activities bound to `pool` and `registry`."""
-    activities = RequestActivities(pool, registry)
+@contextlib.asynccontextmanager
+async def webhook_attempts(pool: asyncpg.Pool, settings: Settings) -> AsyncIterator[WebhookAttempts]:
+    """What sends webhooks: one HTTP client (no redirects, bounded pool), limits, health bookkeeping."""
+    limits = httpx.Limits(max_connections=settings.webhook_max_in_flight, max_keepalive_connections=100)
+    async with httpx.AsyncClient(limits=limits, follow_redirects=False, trust_env=False) as http:
+        sender = WebhookSender(http, allow_private=settings.webhook_allow_private)
+        yield WebhookAttempts(
+            pool,
+            sender,
+            EndpointLimiter(pool),
+            disable_after=timedelta(days=settings.webhook_disable_after_days),
+            max_attempts=len(settings.webhook_retry_schedule) + 1,
+        )
+
+
+def build_worker(
+    client: Client,
+    pool: asyncpg.Pool,
+    registry: HandlerRegistry,
+    settings: Settings,
+    *,
+    attempts: WebhookAttempts | None = None,
+) -> Worker:
+    """A Temporal worker for ackflow's task queue (with the webhook retry workflow if given `attempts`)."""
+    requests = RequestActivities(pool, registry)
+    workflows: list[type] = [ProcessRequestWorkflow]
+    activities: list[object] = [requests.start_processing, requests.run_handler, requests.finish_request]
+    if attempts is not None:
+        workflows.append(WebhookRetryWorkflow)
+        activities.append(WebhookActivities(attempts).attempt_webhook)
     return Worker(
         client,
         task_queue=settings.task_queue,
-        workflows=[ProcessRequestWorkflow],
-        activities=[activities.start_processing, activities.run_handler, activities.finish_request],
+        workflows=workflows,
+        activities=activities,  # type: ignore[arg-type]
         # Bounded slots: oversized ones have been seen to collapse dev-server throughput.
         max_concurrent_activities=100,
         max_concurrent_workflow_tasks=20,
@@ -41,9 +75,18 @@ def build_worker(client: Client, pool: asyncpg.Pool, registry: HandlerRegistry, 
 async def run_worker(
     client: Client, pool: asyncpg.Pool, registry: HandlerRegistry, settings: Settings, stop: asyncio.Event
 ) -> None:
-    """Register kinds and run the worker until `stop` is set."""
+    """Register kinds and run the Temporal worker and the webhook dispatcher until `stop` is set."""
     await register_kinds(pool, registry, settings.task_queue)
-    worker = build_worker(client, pool, registry, settings)
-    log.info("worker on task queue %r handles kinds %s", settings.task_queue, ", ".join(registry.kinds()))
-    async with worker:
-        await stop.wait()
+    async with webhook_attempts(pool, settings) as attempts:
+        worker = build_worker(client, pool, registry, settings, attempts=attempts)
+        dispatcher = WebhookDispatcher(
+            pool,
+            settings.database_url,
+            attempts,
+            TemporalRetryStarter(client, settings.task_queue, settings.webhook_retry_schedule),
+            max_in_flight=settings.webhook_max_in_flight,
+            lease_seconds=settings.webhook_lease_seconds,
+        )
+        log.info("worker on task queue %r handles kinds %s", settings.task_queue, ", ".join(registry.kinds()))
+        async with worker:
+            await dispatcher.run(stop)

@@ -18,12 +18,15 @@ from ackflow.settings import Settings
 from gateway.auth import ApiKeyAuthenticator
 from gateway.bodies import JsonRequest
 from gateway.capabilities import CapabilityTokens, load_signing_key
+from gateway.deliveries_controller import DeliveriesController
 from gateway.health import HealthController
 from gateway.hub import ResilientPubSubBackend, create_channels
+from gateway.page import index_page, static_asset
 from gateway.problems import EXCEPTION_HANDLERS, not_found_page_as_problem
 from gateway.requests_controller import RequestsController
 from gateway.streams import Streams
 from gateway.streams_controller import RequestStreamsController, TenantStreamsController
+from gateway.webhooks_controller import WebhooksController
 
 
 def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None, redis: Redis | None = None) -> Litestar:
@@ -62,7 +65,16 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None, redis: R
                 await app.state.pool.close()
 
     return Litestar(
-        route_handlers=[RequestsController, RequestStreamsController, TenantStreamsController, HealthController],
+        route_handlers=[
+            RequestsController,
+            RequestStreamsController,
+            TenantStreamsController,
+            WebhooksController,
+            DeliveriesController,
+            HealthController,
+            index_page,
+            static_asset,
+        ],
         lifespan=[lifespan],
         plugins=[channels],
         dependencies={

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 import uuid
 from typing import Annotated, Any
@@ -14,15 +12,18 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from ackflow.contracts import ALL_STATUSES, CANCELLED, INIT, TERMINAL_STATUSES
+from ackflow.db.accept import accept_request
 from ackflow.db.queries import sql
 from ackflow.db.transitions import transition
 from ackflow.errors import Conflict, InvalidInput, NotFound, UnknownKind
 from ackflow.handlers import KIND_PATTERN
 from ackflow.ids import new_request_id
+from ackflow.netguard import check_target
 from ackflow.settings import Settings
 from gateway.auth import current_tenant, require_api_key
 from gateway.bodies import require_json_body
 from gateway.capabilities import CapabilityTokens
+from gateway.cursors import decode_cursor, encode_cursor
 from gateway.schemas import AcceptedRequest, CreateRequest, Links, RequestPage, RequestState
 from gateway.streams import Streams
 
@@ -53,6 +54,8 @@ class RequestsController(Controller):
         `links.events` is a capability URL: it opens this request's event stream without the API key
         (for browsers' EventSource), and nothing else.
         """
+        if data.callback_url is not None:
+            await check_target(data.callback_url, allow_private=settings.webhook_allow_private)
         row = await _insert_request(pool, tenant_id, data)
         location = f"/v1/requests/{row['id']}"
         token = capability_tokens.issue(row["id"], tenant_id)
@@ -108,10 +111,10 @@ class RequestsController(Controller):
                 status_code=400,
                 errors=[{"field": "status", "in": "query", "message": "unknown status"}],
             )
-        after = _decode_cursor(cursor) if cursor else None
+        after = decode_cursor(cursor) if cursor else None
         rows = await pool.fetch(sql("list_requests"), tenant_id, status, after, kind, limit + 1)
         items = [_state(row) for row in rows[:limit]]
-        next_cursor = _encode_cursor(items[-1].id) if len(rows) > limit else None
+        next_cursor = encode_cursor(items[-1].id) if len(rows) > limit else None
         return RequestPage(items=items, next_cursor=next_cursor)
 
     @post("/{request_id:uuid}/cancel", status_code=202, summary="Cancel a request")
@@ -138,7 +141,10 @@ class RequestsController(Controller):
 async def _insert_request(pool: asyncpg.Pool, tenant_id: uuid.UUID, data: CreateRequest) -> asyncpg.Record:
     """The accept statement; its input errors (unknown kind, unstorable payload) leave nothing written."""
     try:
-        row = await pool.fetchrow(sql("accept_request"), new_request_id(), tenant_id, data.kind, data.payload)
+        row = await accept_request(
+            pool, new_request_id(), tenant_id, data.kind, data.payload,
+            callback_url=data.callback_url, callback_events=data.callback_events,
+        )
     except asyncpg.UntranslatableCharacterError:
         # Postgres jsonb cannot hold U+0000 in a string or key; the one statement failed as a whole.
         raise InvalidInput(
@@ -162,22 +168,6 @@ async def _load(pool: asyncpg.Pool, request_id: uuid.UUID, tenant_id: uuid.UUID)
 
 def _state(row: Any) -> RequestState:
     return RequestState(**dict(row))
-
-
-def _encode_cursor(last_id: uuid.UUID) -> str:
-    return base64.urlsafe_b64encode(last_id.bytes).rstrip(b"=").decode()
-
-
-def _decode_cursor(cursor: str) -> uuid.UUID:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        return uuid.UUID(bytes=raw)
-    except (binascii.Error, ValueError):
-        raise InvalidInput(
-            "cursor is not valid: pass the next_cursor of a previous page",
-            status_code=400,
-            errors=[{"field": "cursor", "in": "query", "message": "malformed cursor"}],
-        ) from None
 
 
 def _preferred_wait(prefer: str | None) -> float | None:

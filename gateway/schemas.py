@@ -13,11 +13,17 @@ from ackflow.handlers import KIND_PATTERN
 Kind = Annotated[str, msgspec.Meta(pattern=KIND_PATTERN.pattern, description="A registered handler kind")]
 
 
+CallbackEvent = Annotated[str, msgspec.Meta(pattern=r"^request\.(\*|processing|done|failed|cancelled)$")]
+
+
 class CreateRequest(msgspec.Struct, forbid_unknown_fields=True):
-    """Body of POST /v1/requests."""
+    """Body of POST /v1/requests. `callback_url` gets this request's status events as signed webhooks
+    (signed with the tenant's signing secret), optionally only the `callback_events` listed."""
 
     kind: Kind
     payload: dict[str, Any] = msgspec.field(default_factory=dict)
+    callback_url: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)] | None = None
+    callback_events: Annotated[list[CallbackEvent], msgspec.Meta(min_length=1, max_length=10)] | None = None
 
 
 class Links(msgspec.Struct):

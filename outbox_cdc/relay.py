@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 import asyncpg
 
-from ackflow.db.pool import connect
+from ackflow.db.listen import listen_until_stopped
 from ackflow.db.queries import sql
 from ackflow.events import OutboxEvent, Route
 
@@ -49,7 +49,12 @@ class OutboxRelay:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Relay until `stop` is set. NOTIFY wakes it at once; polling covers a lost notification."""
-        listener = asyncio.create_task(self._listen(stop), name="outbox-listen")
+        listener = asyncio.create_task(
+            listen_until_stopped(
+                self._database_url, NOTIFY_CHANNEL, self._wake.set, stop, retry_seconds=self._poll_seconds
+            ),
+            name="outbox-listen",
+        )
         try:
             while not stop.is_set():
                 try:
@@ -102,22 +107,3 @@ class OutboxRelay:
             stopping.cancel()
             woken.cancel()
             self._wake.clear()
-
-    async def _listen(self, stop: asyncio.Event) -> None:
-        """Hold a LISTEN connection, reconnecting after failures; polling covers the gaps."""
-        while not stop.is_set():
-            connection = None
-            try:
-                connection = await connect(self._database_url)
-                await connection.add_listener(NOTIFY_CHANNEL, lambda *_: self._wake.set())
-                self._wake.set()  # catch up on anything committed while we were not listening
-                while not stop.is_set() and not connection.is_closed():
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(stop.wait(), self._poll_seconds)
-            except Exception as exc:
-                log.warning("outbox LISTEN connection lost, reconnecting: %s", exc)
-                await asyncio.sleep(self._poll_seconds)
-            finally:
-                if connection is not None and not connection.is_closed():
-                    with contextlib.suppress(Exception):
-                        await connection.close(timeout=2)

@@ -108,6 +108,7 @@ def settings(servers: Servers, database_url: str) -> Settings:
         http_port=devstack.free_port(),
         relay_poll_seconds=0.5,
         auth_cache_seconds=0.5,
+        webhook_allow_private=True,  # receivers in tests listen on loopback
     )
 
 

@@ -1,5 +1,6 @@
 """Temporal workflow definitions: deterministic, no I/O. Activities do the I/O."""
 
 from workflows.process_request import ProcessRequestWorkflow
+from workflows.webhook_retry import WebhookRetryWorkflow
 
-__all__ = ["ProcessRequestWorkflow"]
+__all__ = ["ProcessRequestWorkflow", "WebhookRetryWorkflow"]

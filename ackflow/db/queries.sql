@@ -6,8 +6,8 @@
 WITH handler AS (
     SELECT task_queue FROM handler_kinds WHERE kind = $3
 ), request AS (
-    INSERT INTO requests (id, tenant_id, kind, status, version, payload)
-    SELECT $1, $2, $3, 'INIT', 1, $4::jsonb FROM handler
+    INSERT INTO requests (id, tenant_id, kind, status, version, payload, callback_url, callback_events)
+    SELECT $1, $2, $3, 'INIT', 1, $4::jsonb, $5, $6 FROM handler
     RETURNING *
 ), event AS (
     INSERT INTO request_events (request_id, tenant_id, topic, status, version, data)
@@ -135,3 +135,177 @@ SELECT id, topic, status, version, request_id, data
 
 -- name: latest_tenant_event_id
 SELECT coalesce(max(id), 0) FROM request_events WHERE tenant_id = $1;
+
+-- name: fan_out_webhooks
+-- One delivery per matching endpoint of the tenant (and one for the request's own callback_url),
+-- idempotent: a re-sent outbox row finds them already there. $5 is the exact body to send.
+WITH targets AS (
+    SELECT e.id AS endpoint_id, e.url
+      FROM webhook_endpoints e
+     WHERE e.tenant_id = $3::uuid AND e.deleted_at IS NULL AND e.enabled
+       AND ($2::text = ANY (e.event_types) OR split_part($2::text, '.', 1) || '.*' = ANY (e.event_types))
+    UNION ALL
+    SELECT NULL, r.callback_url
+      FROM requests r
+     WHERE r.id = $4 AND r.callback_url IS NOT NULL
+       AND (r.callback_events IS NULL OR $2 = ANY (r.callback_events)
+            OR split_part($2, '.', 1) || '.*' = ANY (r.callback_events))
+)
+INSERT INTO webhook_deliveries (id, tenant_id, endpoint_id, request_id, event_id, message_id, event_type, url, body, state)
+SELECT gen_random_uuid(), $3::uuid, t.endpoint_id, $4::uuid, $1::bigint, 'msg_' || $1::bigint, $2::text, t.url, $5::text, 'pending'
+  FROM targets t
+ON CONFLICT DO NOTHING;
+
+-- name: claim_webhook_deliveries
+-- Due deliveries (and ones whose dispatcher died mid-attempt: lease expired), under a lease.
+UPDATE webhook_deliveries d
+   SET state = 'delivering', lease_until = now() + make_interval(secs => $2), updated_at = now()
+ WHERE d.id IN (
+        SELECT id FROM webhook_deliveries
+         WHERE (state = 'pending' AND next_attempt_at <= now())
+            OR (state = 'delivering' AND lease_until < now())
+         ORDER BY next_attempt_at
+         LIMIT $1
+           FOR UPDATE SKIP LOCKED)
+RETURNING d.id, d.tenant_id, d.endpoint_id, d.message_id, d.url, d.body, d.attempts, d.single_attempt;
+
+-- name: delivery_for_attempt
+SELECT d.id, d.tenant_id, d.endpoint_id, d.message_id, d.url, d.body, d.state, d.attempts, d.single_attempt,
+       e.enabled AS endpoint_enabled, e.deleted_at AS endpoint_deleted_at
+  FROM webhook_deliveries d LEFT JOIN webhook_endpoints e ON e.id = d.endpoint_id
+ WHERE d.id = $1;
+
+-- name: endpoint_signing_secrets
+SELECT secret FROM webhook_secrets
+ WHERE endpoint_id = $1 AND (expires_at IS NULL OR expires_at > now())
+ ORDER BY id DESC;
+
+-- name: tenant_signing_secret
+-- The tenant's default signing secret, made from $2 on first use.
+WITH made AS (
+    UPDATE tenants SET webhook_secret = $2 WHERE id = $1 AND webhook_secret IS NULL RETURNING webhook_secret
+)
+SELECT webhook_secret FROM made UNION ALL SELECT webhook_secret FROM tenants WHERE id = $1 LIMIT 1;
+
+-- name: endpoint_limits
+SELECT id, max_concurrency, rate_limit_per_second FROM webhook_endpoints WHERE id = ANY ($1::uuid[]);
+
+-- name: record_attempt
+-- The attempt, and the delivery's new state ($4), in one statement.
+WITH attempt AS (
+    INSERT INTO webhook_attempts (delivery_id, attempt, trigger, attempted_at, status_code, latency_ms, response_body, error)
+    VALUES ($1, $2, $3, coalesce($9, now()), $5, $6, $7, $8)
+)
+UPDATE webhook_deliveries
+   SET state = $4, attempts = $2, last_status = $5, last_error = $8, lease_until = NULL, updated_at = now()
+ WHERE id = $1;
+
+-- name: endpoint_succeeded
+UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL;
+
+-- name: endpoint_failed
+-- Remember when the endpoint started failing ($2 is the attempt time); returns since when it fails.
+UPDATE webhook_endpoints SET failing_since = coalesce(failing_since, $2) WHERE id = $1 RETURNING failing_since;
+
+-- name: disable_endpoint
+WITH disabled AS (
+    UPDATE webhook_endpoints
+       SET enabled = false, disabled_reason = $2, disabled_at = now(), updated_at = now()
+     WHERE id = $1 AND enabled
+    RETURNING id, tenant_id
+)
+INSERT INTO webhook_endpoint_events (endpoint_id, tenant_id, type, data)
+SELECT id, tenant_id, 'webhook.endpoint_disabled', jsonb_build_object('reason', $2) FROM disabled;
+
+-- name: fail_delivery_without_attempt
+UPDATE webhook_deliveries SET state = 'failed', last_error = $2, lease_until = NULL, updated_at = now() WHERE id = $1;
+
+-- name: mark_delivery_retrying
+UPDATE webhook_deliveries SET state = 'retrying', lease_until = NULL, updated_at = now()
+ WHERE id = $1 AND state = 'delivering';
+
+-- name: create_endpoint
+WITH endpoint AS (
+    INSERT INTO webhook_endpoints (id, tenant_id, url, description, event_types, max_concurrency, rate_limit_per_second)
+    VALUES ($1, $2, $3, $4, $5, $6, $7)
+    RETURNING *
+), secret AS (
+    INSERT INTO webhook_secrets (endpoint_id, secret) SELECT id, $8 FROM endpoint
+)
+SELECT * FROM endpoint;
+
+-- name: get_endpoint
+SELECT * FROM webhook_endpoints WHERE id = $1 AND tenant_id = $2 AND deleted_at IS NULL;
+
+-- name: list_endpoints
+SELECT * FROM webhook_endpoints
+ WHERE tenant_id = $1 AND deleted_at IS NULL AND ($2::uuid IS NULL OR id > $2)
+ ORDER BY id
+ LIMIT $3;
+
+-- name: update_endpoint
+-- NULL leaves a field as it is; re-enabling clears the reason it was disabled and its failure streak.
+UPDATE webhook_endpoints
+   SET url = coalesce($3, url),
+       description = coalesce($4, description),
+       event_types = coalesce($5, event_types),
+       max_concurrency = coalesce($6, max_concurrency),
+       rate_limit_per_second = CASE WHEN $8 THEN $7 ELSE rate_limit_per_second END,
+       enabled = coalesce($9, enabled),
+       disabled_reason = CASE WHEN $9 THEN NULL ELSE disabled_reason END,
+       disabled_at = CASE WHEN $9 THEN NULL ELSE disabled_at END,
+       failing_since = CASE WHEN $9 THEN NULL ELSE failing_since END,
+       updated_at = now()
+ WHERE id = $1 AND tenant_id = $2 AND deleted_at IS NULL
+RETURNING *;
+
+-- name: delete_endpoint
+UPDATE webhook_endpoints SET deleted_at = now(), enabled = false, updated_at = now()
+ WHERE id = $1 AND tenant_id = $2 AND deleted_at IS NULL
+RETURNING id;
+
+-- name: rotate_endpoint_secret
+-- The current secret keeps signing for $4 seconds beside the new one.
+WITH endpoint AS (
+    SELECT id FROM webhook_endpoints WHERE id = $1 AND tenant_id = $2 AND deleted_at IS NULL
+), retired AS (
+    UPDATE webhook_secrets s SET expires_at = now() + make_interval(secs => $4)
+      FROM endpoint
+     WHERE s.endpoint_id = endpoint.id AND (s.expires_at IS NULL OR s.expires_at > now() + make_interval(secs => $4))
+)
+INSERT INTO webhook_secrets (endpoint_id, secret) SELECT id, $3 FROM endpoint RETURNING endpoint_id;
+
+-- name: create_test_delivery
+INSERT INTO webhook_deliveries (id, tenant_id, endpoint_id, message_id, event_type, url, body, state, single_attempt)
+SELECT $1, tenant_id, id, $3, 'webhook.test', url, $4, 'pending', true
+  FROM webhook_endpoints WHERE id = $2 AND tenant_id = $5 AND deleted_at IS NULL
+RETURNING id;
+
+-- name: list_deliveries
+SELECT id, endpoint_id, request_id, event_id, message_id, event_type, url, state, attempts, last_status, last_error,
+       created_at, updated_at
+  FROM webhook_deliveries
+ WHERE endpoint_id = $1 AND tenant_id = $2 AND ($3::text IS NULL OR state = $3) AND ($4::uuid IS NULL OR id < $4)
+ ORDER BY id DESC
+ LIMIT $5;
+
+-- name: get_delivery
+SELECT id, endpoint_id, request_id, event_id, message_id, event_type, url, state, attempts, last_status, last_error,
+       created_at, updated_at
+  FROM webhook_deliveries WHERE id = $1 AND tenant_id = $2;
+
+-- name: delivery_attempts
+SELECT attempt, trigger, attempted_at, status_code, latency_ms, response_body, error
+  FROM webhook_attempts WHERE delivery_id = $1 ORDER BY id;
+
+-- name: requeue_delivery
+-- A resend: back to pending for one attempt now. A delivery still on its retry schedule keeps it.
+UPDATE webhook_deliveries
+   SET state = 'pending', next_attempt_at = now(), single_attempt = (state <> 'retrying'), updated_at = now()
+ WHERE id = $1 AND tenant_id = $2 AND state IN ('succeeded', 'failed', 'retrying')
+RETURNING id;
+
+-- name: requeue_failed_since
+UPDATE webhook_deliveries
+   SET state = 'pending', next_attempt_at = now(), single_attempt = true, updated_at = now()
+ WHERE endpoint_id = $1 AND tenant_id = $2 AND state = 'failed' AND created_at >= $3;

@@ -8,7 +8,7 @@ import uuid
 import asyncpg
 from redis.asyncio import Redis
 
-from ackflow.db.queries import sql
+from ackflow.db.accept import accept_request
 from ackflow.db.transitions import transition
 from ackflow.handlers import HandlerRegistry
 from ackflow.ids import new_request_id
@@ -25,7 +25,7 @@ async def test_a_slow_stream_overflows_and_is_told_to_reconnect_while_a_fast_one
     settings: Settings, pool: asyncpg.Pool, redis: Redis, registry: HandlerRegistry, tenant: Tenant
 ) -> None:
     await register_kinds(pool, registry, settings.task_queue)
-    row = await pool.fetchrow(sql("accept_request"), new_request_id(), tenant.id, "echo", {})
+    row = await accept_request(pool, new_request_id(), tenant.id, "echo", {})
     request_id: uuid.UUID = row["id"]
     channels, hub = create_channels(redis)
     async with channels:

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from temporalio.client import Client
 
 from ackflow.contracts import TOPIC_ACCEPTED, workflow_id_for
-from ackflow.db.queries import sql
+from ackflow.db.accept import accept_request
 from ackflow.events import OutboxEvent, Route
 from ackflow.handlers import HandlerRegistry
 from ackflow.ids import new_request_id
@@ -29,7 +29,7 @@ async def accept_requests(pool: asyncpg.Pool, tenant: Tenant, count: int, kind: 
     """Commit `count` requests exactly as the gateway does (one statement each)."""
     ids = []
     for i in range(count):
-        row = await pool.fetchrow(sql("accept_request"), new_request_id(), tenant.id, kind, {"i": i})
+        row = await accept_request(pool, new_request_id(), tenant.id, kind, {"i": i})
         assert row is not None
         ids.append(str(row["id"]))
     return ids
@@ -73,7 +73,7 @@ async def test_relay_starts_each_request_once_when_killed_between_claim_and_dele
 ) -> None:
     await register_kinds(pool, registry, settings.task_queue)
     ids = await accept_requests(pool, tenant, 20)
-    routes = relay_routes(temporal, redis, settings)
+    routes = relay_routes(temporal, redis, settings, pool)
     started: collections.Counter[str] = collections.Counter()
     hang = asyncio.Event()
 
@@ -108,7 +108,7 @@ async def test_two_relays_on_one_outbox_dispatch_every_row_exactly_once(
     await register_kinds(pool, registry, settings.task_queue)
     ids = await accept_requests(pool, tenant, 200)
     counts: collections.Counter[int] = collections.Counter()
-    routes = counting(relay_routes(temporal, redis, settings), counts)
+    routes = counting(relay_routes(temporal, redis, settings, pool), counts)
     first = OutboxRelay(pool, settings.database_url, routes, batch_size=10, poll_seconds=0.2)
     second = OutboxRelay(pool, settings.database_url, routes, batch_size=10, poll_seconds=0.2)
 
@@ -126,7 +126,7 @@ async def test_relay_keeps_a_failed_dispatch_and_retries_it(
 ) -> None:
     await register_kinds(pool, registry, settings.task_queue)
     [request_id] = await accept_requests(pool, tenant, 1)
-    routes = relay_routes(temporal, redis, settings)
+    routes = relay_routes(temporal, redis, settings, pool)
     failures = 1
 
     async def fail_once(event: OutboxEvent) -> None:
@@ -152,7 +152,7 @@ async def test_relay_wakes_on_notify_long_before_its_poll_interval(
 ) -> None:
     await register_kinds(pool, registry, settings.task_queue)
     slow_poll = replace(settings, relay_poll_seconds=60)
-    relay = OutboxRelay(pool, slow_poll.database_url, relay_routes(temporal, redis, slow_poll), poll_seconds=60)
+    relay = OutboxRelay(pool, slow_poll.database_url, relay_routes(temporal, redis, slow_poll, pool), poll_seconds=60)
     async with relaying(relay):
         await asyncio.sleep(0)  # let it claim nothing and go to sleep on LISTEN
         await assert_eventually(lambda: _listening(pool), message="relay never issued LISTEN")
@@ -165,7 +165,7 @@ async def test_relay_polls_rows_whose_notification_was_lost(
 ) -> None:
     await register_kinds(pool, registry, settings.task_queue)
     await pool.execute("ALTER TABLE outbox DISABLE TRIGGER outbox_notify")
-    relay = OutboxRelay(pool, settings.database_url, relay_routes(temporal, redis, settings), poll_seconds=0.3)
+    relay = OutboxRelay(pool, settings.database_url, relay_routes(temporal, redis, settings, pool), poll_seconds=0.3)
     async with relaying(relay):
         await assert_eventually(lambda: _listening(pool), message="relay never issued LISTEN")
         await accept_requests(pool, tenant, 3)

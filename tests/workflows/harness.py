@@ -20,7 +20,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from ackflow import devstack
 from ackflow.contracts import ProcessRequestInput, workflow_id_for
-from ackflow.db.queries import sql
+from ackflow.db.accept import accept_request
 from ackflow.handlers import HandlerRegistry, PermanentError, heartbeat
 from ackflow.ids import new_request_id
 from ackflow.settings import Settings
@@ -59,7 +59,7 @@ class Bench:
     async def accept(self, kind: str, payload: Any = None) -> str:
         """Insert a request in INIT as the gateway does (request, event and outbox row); return its id."""
         request_id = new_request_id()
-        row = await self.pool.fetchrow(sql("accept_request"), request_id, self.tenant_id, kind, payload or {})
+        row = await accept_request(self.pool, request_id, self.tenant_id, kind, payload or {})
         assert row is not None, f"kind {kind!r} is not registered"
         return str(request_id)
 

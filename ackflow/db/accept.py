@@ -1,0 +1,27 @@
+"""The accept path's one statement, for the gateway and for tests that need requests as it makes them."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import asyncpg
+
+from ackflow.db.queries import sql
+
+
+async def accept_request(
+    db: asyncpg.Pool | asyncpg.Connection,
+    request_id: uuid.UUID,
+    tenant_id: uuid.UUID,
+    kind: str,
+    payload: Any,
+    *,
+    callback_url: str | None = None,
+    callback_events: list[str] | None = None,
+) -> asyncpg.Record | None:
+    """Commit the request (INIT), its first event and its outbox row; None if no worker handles `kind`."""
+    row: asyncpg.Record | None = await db.fetchrow(
+        sql("accept_request"), request_id, tenant_id, kind, payload, callback_url, callback_events
+    )
+    return row

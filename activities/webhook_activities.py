@@ -1,0 +1,25 @@
+"""The activity of WebhookRetryWorkflow: one scheduled attempt, performed by callbacks' attempts."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from temporalio import activity
+
+from ackflow.contracts import WebhookAttemptInput, WebhookAttemptOutput
+from callbacks import WebhookAttempts
+
+
+class WebhookActivities:
+    """Activities bound to the worker's webhook attempt machinery."""
+
+    def __init__(self, attempts: WebhookAttempts) -> None:
+        self._attempts = attempts
+
+    @activity.defn(name="attempt_webhook")
+    async def attempt_webhook(self, attempt: WebhookAttemptInput) -> WebhookAttemptOutput:
+        outcome = await self._attempts.attempt(
+            uuid.UUID(attempt.delivery_id), trigger="retry", now=datetime.fromisoformat(attempt.now)
+        )
+        return WebhookAttemptOutput(outcome.state, outcome.attempt, outcome.retry_after)

@@ -1,0 +1,169 @@
+"""The page at `/` in a real browser: submit with the API key, watch statuses arrive over SSE, see the outcome."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+from playwright.async_api import ConsoleMessage, Page, Response, expect
+
+from ackflow.settings import Settings
+from gateway.page import CONTENT_SECURITY_POLICY
+from tests.conftest import Tenant, api_client
+
+SECURITY_HEADERS = {
+    "content-security-policy": CONTENT_SECURITY_POLICY,
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "x-frame-options": "DENY",
+}
+FINISH_TIMEOUT_MS = 30_000  # a request's whole run: relay, Temporal, handler
+UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+@dataclass
+class OpenedPage:
+    """The page, loaded from the gateway, with everything the browser reported while it ran."""
+
+    page: Page
+    base_url: str
+    document: Response
+    console_errors: list[str] = field(default_factory=list)
+    requested_urls: list[str] = field(default_factory=list)
+
+    def check_clean(self, *, expected_errors: tuple[str, ...] = ()) -> None:
+        """No script or console errors (but those expected), and no request left the gateway's origin."""
+        unexpected = [e for e in self.console_errors if not any(part in e for part in expected_errors)]
+        assert unexpected == [], unexpected
+        foreign = [url for url in self.requested_urls if not url.startswith(self.base_url)]
+        assert foreign == [], f"the page must work offline, yet it requested {foreign}"
+
+
+@pytest.fixture
+async def opened(stack: None, settings: Settings, browser_page: Page) -> AsyncIterator[OpenedPage]:
+    base_url = f"http://127.0.0.1:{settings.http_port}/"
+    errors: list[str] = []
+    urls: list[str] = []
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type == "error":
+            errors.append(message.text)
+
+    browser_page.on("console", on_console)
+    browser_page.on("pageerror", lambda error: errors.append(f"uncaught: {error}"))
+    browser_page.on("request", lambda request: urls.append(request.url))
+    document = await browser_page.goto(base_url)
+    assert document is not None and document.status == 200
+    yield OpenedPage(browser_page, base_url, document, errors, urls)
+
+
+async def submit(page: Page, api_key: str, kind: str, payload: str) -> None:
+    """Fill the form as a user would, finding each field by its label."""
+    await page.get_by_label("API key").fill(api_key)
+    await page.get_by_label("Kind").fill(kind)
+    await page.get_by_label("Payload (JSON object)").fill(payload)
+    await page.get_by_role("button", name="Submit").click()
+
+
+async def test_sleep_request_shows_init_processing_done_live_then_its_result(
+    opened: OpenedPage, tenant: Tenant
+) -> None:
+    page = opened.page
+    await expect(page.get_by_label("Payload (JSON object)")).to_have_value('{"hello": "world"}')
+
+    await submit(page, tenant.api_key, "sleep", '{"seconds": 1}')
+
+    await expect(page.get_by_test_id("request-id")).to_have_text(UUID)
+    statuses = page.get_by_test_id("statuses").get_by_role("listitem")
+    await expect(statuses).to_have_text(["INIT", "PROCESSING", "DONE"], timeout=FINISH_TIMEOUT_MS)
+    outcome = page.get_by_test_id("outcome")
+    await expect(outcome).to_have_text(re.compile(r'"slept":\s*1\b'))
+    assert json.loads(await outcome.inner_text()) == {"slept": 1}
+    await expect(page.get_by_role("status")).to_contain_text("DONE")
+    await expect(page.get_by_role("button", name="Cancel")).to_be_disabled()
+    await expect(page.get_by_role("alert")).to_be_hidden()
+
+    # The key is remembered for the tab's session, and never travelled in a URL.
+    assert await page.evaluate("() => sessionStorage.getItem('ackflow.apiKey')") == tenant.api_key
+    assert not any(tenant.api_key in url for url in opened.requested_urls)
+    await page.reload()
+    await expect(page.get_by_label("API key")).to_have_value(tenant.api_key)
+    opened.check_clean()
+
+
+async def test_failing_request_shows_failed_and_the_handler_error_message(
+    opened: OpenedPage, tenant: Tenant
+) -> None:
+    page = opened.page
+
+    await submit(page, tenant.api_key, "fail", '{"message": "the printer is on fire"}')
+
+    statuses = page.get_by_test_id("statuses").get_by_role("listitem")
+    await expect(statuses).to_have_text(["INIT", "PROCESSING", "FAILED"], timeout=FINISH_TIMEOUT_MS)
+    await expect(page.get_by_test_id("outcome")).to_contain_text("the printer is on fire")
+    await expect(page.get_by_role("status")).to_contain_text("FAILED")
+    opened.check_clean()
+
+
+async def test_cancel_button_cancels_a_running_request(opened: OpenedPage, tenant: Tenant) -> None:
+    page = opened.page
+    await submit(page, tenant.api_key, "sleep", '{"seconds": 60}')
+    statuses = page.get_by_test_id("statuses").get_by_role("listitem")
+    await expect(statuses).to_have_text(["INIT", "PROCESSING"], timeout=FINISH_TIMEOUT_MS)
+
+    await page.get_by_role("button", name="Cancel").click()
+
+    await expect(statuses).to_have_text(["INIT", "PROCESSING", "CANCELLED"], timeout=FINISH_TIMEOUT_MS)
+    await expect(page.get_by_test_id("outcome")).to_contain_text("Cancelled")
+    await expect(page.get_by_role("button", name="Cancel")).to_be_disabled()
+    opened.check_clean()
+
+
+async def test_wrong_api_key_shows_the_401_problem_detail(opened: OpenedPage, settings: Settings) -> None:
+    page = opened.page
+    wrong_key = "ak_not_a_real_key_0000"
+    async with api_client(settings, wrong_key) as http:
+        problem = (await http.post("/v1/requests", json={"kind": "echo", "payload": {}})).json()
+
+    await submit(page, wrong_key, "echo", '{"hello": "world"}')
+
+    alert = page.get_by_role("alert")
+    await expect(alert).to_be_visible()
+    await expect(alert).to_contain_text(problem["title"])
+    await expect(alert).to_contain_text(problem["detail"])
+    await expect(page.get_by_test_id("statuses").get_by_role("listitem")).to_have_count(0)
+    # The browser itself logs the failed fetch; nothing else may be reported.
+    opened.check_clean(expected_errors=("status of 401",))
+
+
+async def test_page_and_its_assets_are_served_without_auth_with_security_headers(
+    opened: OpenedPage, settings: Settings
+) -> None:
+    document_headers = await opened.document.all_headers()
+    assert document_headers["content-type"].startswith("text/html")
+    for name, value in SECURITY_HEADERS.items():
+        assert document_headers.get(name) == value, (name, document_headers)
+
+    async with api_client(settings, None) as anonymous:
+        for path, media_type in [("/static/app.js", "text/javascript"), ("/static/app.css", "text/css")]:
+            response = await anonymous.get(path)
+            assert response.status_code == 200, path
+            assert response.headers["content-type"].startswith(media_type), path
+            assert response.headers["x-content-type-options"] == "nosniff", path
+        for path in ["/static/nope.js", "/static/index.html", "/static/..%2fpage.py"]:
+            missing = await anonymous.get(path)
+            assert missing.status_code == 404, path
+            assert missing.headers["content-type"].startswith("application/problem+json"), path
+        assert_no_external_references(await anonymous.get("/"))
+    opened.check_clean()
+
+
+def assert_no_external_references(response: httpx.Response) -> None:
+    """The HTML names no other origin (no CDN) and carries no inline script for the CSP to block."""
+    html = response.text
+    assert not re.search(r"(?:src|href)\s*=\s*[\"'](?:https?:)?//", html), "the page must not load other origins"
+    assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", html), "inline scripts are blocked by the CSP"

@@ -102,7 +102,7 @@ class FinishInput:
 
 WEBHOOK_RETRY_WORKFLOW = "WebhookRetryWorkflow"
 
-# Svix's schedule: the wait before attempts 2..8, each counted from the previous attempt (~32.6 h).
+# Svix's schedule: the wait before attempts 2..8, each counted from the previous attempt (27.6 h in all).
 WEBHOOK_RETRY_SCHEDULE_SECONDS = (5, 5 * 60, 30 * 60, 2 * 3600, 5 * 3600, 10 * 3600, 10 * 3600)
 WEBHOOK_RETRY_JITTER = 0.2
 WEBHOOK_RETRY_AFTER_BOUNDS_SECONDS = (1, 24 * 3600)

@@ -40,6 +40,7 @@ PAGE_FILE = "index.html"
 ASSETS = {  # what /static/ serves: nothing else, so no path can reach another file
     "app.js": "text/javascript; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
 }
 
 
@@ -57,7 +58,7 @@ def index_page() -> Response[bytes]:
 
 @get("/static/{name:str}", include_in_schema=False, sync_to_thread=False)
 def static_asset(name: FromPath[str]) -> Response[bytes]:
-    """The page's script and stylesheet (CSP allows only same-origin files, no inline code)."""
+    """The page's script, stylesheet and icon (the CSP allows only same-origin files, no inline code)."""
     media_type = ASSETS.get(name)
     if media_type is None:
         raise NotFound(f"no static file {name!r}")

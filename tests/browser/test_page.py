@@ -95,9 +95,7 @@ async def test_sleep_request_shows_init_processing_done_live_then_its_result(
     opened.check_clean()
 
 
-async def test_failing_request_shows_failed_and_the_handler_error_message(
-    opened: OpenedPage, tenant: Tenant
-) -> None:
+async def test_failing_request_shows_failed_and_the_handler_error_message(opened: OpenedPage, tenant: Tenant) -> None:
     page = opened.page
 
     await submit(page, tenant.api_key, "fail", '{"message": "the printer is on fire"}')
@@ -140,6 +138,24 @@ async def test_wrong_api_key_shows_the_401_problem_detail(opened: OpenedPage, se
     opened.check_clean(expected_errors=("status of 401",))
 
 
+async def test_bad_payload_and_unknown_kind_are_explained_and_start_nothing(
+    opened: OpenedPage, settings: Settings, tenant: Tenant
+) -> None:
+    page = opened.page
+    async with api_client(settings, tenant.api_key) as http:
+        unknown_kind = (await http.post("/v1/requests", json={"kind": "no-such-kind", "payload": {}})).json()
+    alert = page.get_by_role("alert")
+
+    await submit(page, tenant.api_key, "echo", '{"hello": ')
+    await expect(alert).to_contain_text("not valid JSON")
+    assert not any("/v1/requests" in url for url in opened.requested_urls), "invalid JSON must not be sent"
+
+    await submit(page, tenant.api_key, "no-such-kind", '{"hello": "world"}')
+    await expect(alert).to_contain_text(unknown_kind["detail"])
+    await expect(page.get_by_test_id("request-id")).not_to_have_text(UUID)
+    opened.check_clean(expected_errors=("status of 422",))
+
+
 async def test_page_and_its_assets_are_served_without_auth_with_security_headers(
     opened: OpenedPage, settings: Settings
 ) -> None:
@@ -158,6 +174,9 @@ async def test_page_and_its_assets_are_served_without_auth_with_security_headers
             missing = await anonymous.get(path)
             assert missing.status_code == 404, path
             assert missing.headers["content-type"].startswith("application/problem+json"), path
+        wrong_method = await anonymous.post("/")
+        assert wrong_method.status_code == 405
+        assert wrong_method.headers["content-type"].startswith("application/problem+json")
         assert_no_external_references(await anonymous.get("/"))
     opened.check_clean()
 

@@ -452,7 +452,6 @@ async def test_wrong_methods_are_405_and_unknown_paths_404_as_problems_on_every_
                 expect_problem(f"{method} {path}", response, 405, "method-not-allowed")
                 assert allowed <= {m.strip() for m in response.headers["allow"].split(",")}, (method, path)
         for path in [
-            "/",
             "/nope",
             "/v1",
             "/v1/nope",

@@ -56,7 +56,7 @@ _MAX_BACKOFF_SECONDS = 30.0
 _LINE_END = re.compile(r"\r\n|\r|\n")  # the only line ends of an event stream (not U+2028, U+0085, ...)
 
 RequestId = str | uuid.UUID
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 
 class Links(msgspec.Struct, frozen=True):
@@ -245,8 +245,9 @@ class AckflowClient:
     async def wait(self, request_id: RequestId, *, timeout: float | None = 300) -> RequestState:
         """Wait until the request ends and return its final state (FAILED and CANCELLED too; no raise).
 
-        Follows the event stream; if that is unavailable or stalls, long-polls instead. Raises
-        WaitTimeout after `timeout` seconds (None: no limit); the request itself is not cancelled.
+        Follows the event stream, then reads the final state (with its payload); if the stream is
+        unavailable or stalls, long-polls instead. Raises WaitTimeout after `timeout` seconds (None:
+        no limit); the request itself is not cancelled.
         """
         progress = _Progress()
         scope = asyncio.timeout(timeout)
@@ -267,8 +268,9 @@ class AckflowClient:
         backoff. Stop early with `contextlib.aclosing(client.events(...))` to close the stream at once.
         """
         start = str(last_event_id) if last_event_id is not None else ""
-        async for event in self._follow(str(request_id), start, stall_is_fatal=False):
-            yield event
+        async with contextlib.aclosing(self._follow(str(request_id), start, stall_is_fatal=False)) as events:
+            async for event in events:
+                yield event
 
     async def list(
         self, *, status: str | None = None, kind: str | None = None, limit: int = 50, cursor: str | None = None
@@ -285,7 +287,7 @@ class AckflowClient:
                 async for event in events:
                     progress.state = event.state
                     if event.state.terminal:
-                        return await self.get(request_id)  # the full state: stream states carry no payload
+                        break  # read the full state below (stream states carry no payload): one quick answer
         except (StreamUnavailable, ApiError) as exc:
             log.info("falling back to long polling for request %s: %s", request_id, exc)
         return await self._long_poll(request_id, progress)
@@ -314,10 +316,11 @@ class AckflowClient:
         while True:
             failure: BaseException | None = None
             try:
-                async for event in self._connect(request_id, cursor):
-                    yield event
-                    if event.state.terminal:
-                        return
+                async with contextlib.aclosing(self._connect(request_id, cursor)) as events:
+                    async for event in events:
+                        yield event
+                        if event.state.terminal:
+                            return
                 if cursor.finished:
                     return
             except _Stalled as exc:
@@ -336,45 +339,45 @@ class AckflowClient:
             await asyncio.sleep(_backoff(cursor.failures, cursor.retry))
 
     async def _connect(self, request_id: str, cursor: _Cursor) -> AsyncGenerator[StreamEvent, None]:
-        """One connection's events, after the cursor's; sets `cursor.finished` on a 204 (nothing more will come)."""
+        """One connection's events after the cursor's; sets `cursor.finished` on a 204 (nothing more will come)."""
         headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
         if cursor.last_event_id:
             headers["Last-Event-ID"] = cursor.last_event_id
-        timeout = httpx.Timeout(self._timeout, read=None)  # silence is detected by _chunks
+        timeout = httpx.Timeout(self._timeout, read=None)  # silence is detected by _next_chunk
         async with self._http.stream("GET", _path(request_id) + "/events", headers=headers, timeout=timeout) as reply:
             if reply.status_code == 204:
                 cursor.finished = True
                 return
             await _check_stream(reply)
-            decoder = _SseDecoder(cursor.last_event_id)
-            async for line in _lines(self._chunks(reply)):
-                message = decoder.feed(line)
-                if decoder.retry is not None:
-                    cursor.retry = decoder.retry
-                cursor.last_event_id = decoder.last_event_id
-                event = _stream_event(message) if message is not None else None
-                if event is None or event.state.version <= cursor.version:
-                    continue  # a keep-alive, an event type this client does not know, or one already given
-                cursor.version = event.state.version
-                cursor.failures = 0
-                yield event
+            parser = _EventStreamParser(cursor.last_event_id)
+            chunks = reply.aiter_bytes()
+            try:
+                while True:
+                    chunk = await self._next_chunk(chunks)
+                    for message in parser.feed(chunk or b"", final=chunk is None):
+                        cursor.last_event_id = message.id
+                        event = _stream_event(message)
+                        if event is None or event.state.version <= cursor.version:
+                            continue  # a keep-alive, an event type this client does not know, or one already given
+                        cursor.version, cursor.failures = event.state.version, 0
+                        yield event
+                    cursor.last_event_id = parser.last_event_id  # an id-only block moves it too
+                    cursor.retry = parser.retry if parser.retry is not None else cursor.retry
+                    if chunk is None:
+                        return
+            finally:
+                if isinstance(chunks, AsyncGenerator):
+                    await chunks.aclose()
 
-    async def _chunks(self, response: httpx.Response) -> AsyncGenerator[bytes, None]:
-        """The body's chunks; raises _Stalled when none arrives for the idle timeout."""
-        chunks = response.aiter_bytes()
+    async def _next_chunk(self, chunks: AsyncIterator[bytes]) -> bytes | None:
+        """The next chunk of the body, None at its end; raises _Stalled if none comes within the idle timeout."""
         try:
-            while True:
-                try:
-                    async with asyncio.timeout(self._idle_timeout):
-                        chunk = await anext(chunks)
-                except StopAsyncIteration:
-                    return
-                except TimeoutError:
-                    raise _Stalled(f"nothing received for {self._idle_timeout:g} s (a buffering proxy?)") from None
-                yield chunk
-        finally:
-            if isinstance(chunks, AsyncGenerator):
-                await chunks.aclose()
+            async with asyncio.timeout(self._idle_timeout):
+                return await anext(chunks)
+        except StopAsyncIteration:
+            return None
+        except TimeoutError:
+            raise _Stalled(f"nothing received for {self._idle_timeout:g} s (a buffering proxy?)") from None
 
 
 @dataclass
@@ -408,18 +411,36 @@ class _Message:
     data: str
 
 
-class _SseDecoder:
-    """The WHATWG event-stream interpretation of lines: fields, comments, multi-line data, id, retry."""
+class _EventStreamParser:
+    """The WHATWG event-stream format, fed bytes as they come: always UTF-8 (a leading BOM dropped),
+    lines ended by CRLF, LF or CR only, comments, multi-line data, `id` (kept across events) and `retry`.
 
-    def __init__(self, last_event_id: str = "") -> None:
+    (httpx's `aiter_lines` also splits lines at U+2028, U+0085 and the like, which JSON may carry raw.)
+    An event the stream ends in the middle of is dropped, as the spec says.
+    """
+
+    def __init__(self, last_event_id: str) -> None:
         self.last_event_id = last_event_id  # as of the last dispatch: what a reconnect sends
         self.retry: float | None = None
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._started = False
+        self._pending = ""
         self._id = last_event_id
         self._event = ""
         self._data: list[str] = []
 
-    def feed(self, line: str) -> _Message | None:
-        """Take one line; return the event a blank line completes, if it has data."""
+    def feed(self, chunk: bytes, *, final: bool = False) -> list[_Message]:
+        """The events this chunk completes (`final`: the stream has ended)."""
+        text = self._pending + self._decoder.decode(chunk, final)
+        if not self._started and text:
+            self._started = True
+            text = text.removeprefix("\ufeff")
+        held_cr = text.endswith("\r") and not final  # maybe the first half of a CRLF split across chunks
+        *lines, self._pending = _LINE_END.split(text[:-1] if held_cr else text)
+        self._pending += "\r" if held_cr else ""
+        return [message for line in lines if (message := self._line(line)) is not None]
+
+    def _line(self, line: str) -> _Message | None:
         if not line:
             return self._dispatch()
         if line.startswith(":"):
@@ -444,28 +465,6 @@ class _SseDecoder:
         if not data:
             return None
         return _Message(self.last_event_id, event or "message", "\n".join(data))
-
-
-async def _lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
-    """The lines of an event stream: always UTF-8, a leading BOM dropped, ended by CRLF, LF or CR only.
-
-    (httpx's `aiter_lines` also splits at U+2028, U+0085 and the like, which JSON may carry raw.)
-    """
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    pending = ""
-    started = False
-    async for chunk in chunks:
-        text = pending + decoder.decode(chunk)
-        if not started and text:
-            started = True
-            text = text.removeprefix("\ufeff")
-        held_cr = text.endswith("\r")  # maybe the first half of a CRLF split across chunks
-        *complete, pending = _LINE_END.split(text[:-1] if held_cr else text)
-        pending += "\r" if held_cr else ""
-        for line in complete:
-            yield line
-    if pending.endswith("\r"):
-        yield pending[:-1]  # an incomplete last line is dropped, as the spec says
 
 
 def _stream_event(message: _Message) -> StreamEvent | None:
@@ -503,7 +502,7 @@ def _path(request_id: RequestId) -> str:
     return "/v1/requests/" + quote(str(request_id), safe="")
 
 
-def _decode(response: httpx.Response, into: type[T]) -> T:
+def _decode(response: httpx.Response, into: type[_T]) -> _T:
     """The body of a successful response as `into`; ApiError for an error status."""
     if response.is_error:
         raise ApiError.from_response(response)

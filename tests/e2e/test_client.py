@@ -2,6 +2,8 @@
 
 Broken networks are simulated by httpx transports wrapped around the real one (a proxy that
 refuses streams, one that buffers them, a connection that drops), never by mocking the server.
+The last tests feed hand-written bytes through `httpx.MockTransport` instead, for what the real
+gateway never sends: lone CR line ends, a BOM, an id with NUL, a proxy's HTML error page.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
+import uuid
 from collections.abc import AsyncIterator
 
 import httpx
@@ -294,7 +297,9 @@ async def test_list_pages_through_requests_newest_first_with_the_cursor(sdk: Ack
     second = await sdk.list(kind="echo", limit=2, cursor=first.next_cursor)
     failures = await sdk.list(status="FAILED")
 
-    assert [s.id for s in first.items + second.items] == echoes[::-1]
+    listed = [s.id for s in first.items + second.items]
+    assert sorted(listed) == sorted(echoes)
+    assert listed == sorted(listed, key=uuid.UUID, reverse=True), "newest first: ids are UUIDv7"
     assert second.next_cursor is None
     assert all(isinstance(s, RequestState) and s.status == "DONE" for s in first.items + second.items)
     assert [s.id for s in failures.items] == [failed.id]
@@ -355,13 +360,15 @@ WIRE = (
 async def test_events_follow_the_whatwg_event_stream_rules_across_chunks_and_reconnects() -> None:
     split_crlf, split_e_acute = WIRE.index(b'"echo",\r\n') + 8, WIRE.index("\u00e9".encode()) + 1
     chunks = [WIRE[:split_crlf], WIRE[split_crlf:split_e_acute], WIRE[split_e_acute:]]
+    done_ending_in_a_lone_cr = (
+        b'id: 12\revent: request.done\rdata: {"id":"r1","kind":"echo","status":"DONE","version":3}\r\r'
+    )
     seen: list[httpx.Request] = []
 
     def answer(request: httpx.Request) -> httpx.Response:
         seen.append(request)
-        if len(seen) == 1:
-            return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=ChunkedBody(chunks))
-        return httpx.Response(204)
+        body = ChunkedBody(chunks if len(seen) == 1 else [done_ending_in_a_lone_cr])
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=body)
 
     async with AckflowClient("http://gateway", api_key="ak_x", transport=httpx.MockTransport(answer)) as client:
         events = await asyncio.wait_for(collect(client.events("r1")), timeout=5)
@@ -369,8 +376,10 @@ async def test_events_follow_the_whatwg_event_stream_rules_across_chunks_and_rec
     assert [(e.id, e.event, e.state.status) for e in events] == [
         ("7", "request.accepted", "INIT"),
         ("8", "request.processing", "PROCESSING"),
+        ("12", "request.done", "DONE"),
     ], "comments, empty keep-alive messages and an event cut off by the drop are not events"
     assert events[1].state.result == "caf\u00e9"
+    assert len(seen) == 2, "the terminal event ends the iteration"
     assert "last-event-id" not in seen[0].headers
     assert seen[1].headers["last-event-id"] == "9", "an id-only block counts; an id with NUL does not"
 

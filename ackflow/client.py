@@ -29,11 +29,9 @@ This module imports nothing from the service packages: only httpx, msgspec and t
 from __future__ import annotations
 
 import asyncio
-import codecs
 import contextlib
 import logging
 import random
-import re
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -45,6 +43,7 @@ import httpx
 import msgspec
 
 from ackflow.errors import AckflowError
+from ackflow.sse import EventStreamParser, SseMessage
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +52,6 @@ MAX_WAIT_SECONDS = 60  # the longest long poll the gateway accepts
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 _DEFAULT_RECONNECT_SECONDS = 0.5  # until the server sends `retry:`
 _MAX_BACKOFF_SECONDS = 30.0
-_LINE_END = re.compile(r"\r\n|\r|\n")  # the only line ends of an event stream (not U+2028, U+0085, ...)
 
 RequestId = str | uuid.UUID
 _T = TypeVar("_T")
@@ -349,7 +347,7 @@ class AckflowClient:
                 cursor.finished = True
                 return
             await _check_stream(reply)
-            parser = _EventStreamParser(cursor.last_event_id)
+            parser = EventStreamParser(cursor.last_event_id)
             chunks = reply.aiter_bytes()
             try:
                 while True:
@@ -404,70 +402,7 @@ class _NotAStream(Exception):
     """A 200 that is not an event stream (a proxy or captive portal answered)."""
 
 
-@dataclass
-class _Message:
-    id: str
-    event: str
-    data: str
-
-
-class _EventStreamParser:
-    """The WHATWG event-stream format, fed bytes as they come: always UTF-8 (a leading BOM dropped),
-    lines ended by CRLF, LF or CR only, comments, multi-line data, `id` (kept across events) and `retry`.
-
-    (httpx's `aiter_lines` also splits lines at U+2028, U+0085 and the like, which JSON may carry raw.)
-    An event the stream ends in the middle of is dropped, as the spec says.
-    """
-
-    def __init__(self, last_event_id: str) -> None:
-        self.last_event_id = last_event_id  # as of the last dispatch: what a reconnect sends
-        self.retry: float | None = None
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._started = False
-        self._pending = ""
-        self._id = last_event_id
-        self._event = ""
-        self._data: list[str] = []
-
-    def feed(self, chunk: bytes, *, final: bool = False) -> list[_Message]:
-        """The events this chunk completes (`final`: the stream has ended)."""
-        text = self._pending + self._decoder.decode(chunk, final)
-        if not self._started and text:
-            self._started = True
-            text = text.removeprefix("\ufeff")
-        held_cr = text.endswith("\r") and not final  # maybe the first half of a CRLF split across chunks
-        *lines, self._pending = _LINE_END.split(text[:-1] if held_cr else text)
-        self._pending += "\r" if held_cr else ""
-        return [message for line in lines if (message := self._line(line)) is not None]
-
-    def _line(self, line: str) -> _Message | None:
-        if not line:
-            return self._dispatch()
-        if line.startswith(":"):
-            return None
-        name, colon, value = line.partition(":")
-        if colon and value.startswith(" "):
-            value = value[1:]
-        if name == "data":
-            self._data.append(value)
-        elif name == "event":
-            self._event = value
-        elif name == "id" and "\0" not in value:
-            self._id = value
-        elif name == "retry" and value.isascii() and value.isdigit():
-            self.retry = int(value) / 1000
-        return None
-
-    def _dispatch(self) -> _Message | None:
-        self.last_event_id = self._id
-        data, event = self._data, self._event
-        self._data, self._event = [], ""
-        if not data:
-            return None
-        return _Message(self.last_event_id, event or "message", "\n".join(data))
-
-
-def _stream_event(message: _Message) -> StreamEvent | None:
+def _stream_event(message: SseMessage) -> StreamEvent | None:
     """A request status event; None for event types this client does not know (keep-alives are `message`)."""
     if not message.event.startswith("request."):
         return None

@@ -6,12 +6,15 @@
     ├── ConfigurationError        a setting is missing or malformed (names the variable and the fix)
     ├── ServiceUnavailable        Postgres, Redis or Temporal cannot be reached (names the variable and address)
     ├── DevStackError             `ackflow dev` cannot start (port taken, state dir in use, a server failed)
-    └── DomainError               a client's request cannot be carried out; the gateway maps each to problem+json
-        ├── InvalidInput          malformed or ill-typed input                       400 / 422
-        ├── UnknownKind           no worker has registered a handler for the kind    422
-        ├── NotFound              no such resource for this tenant                   404
-        ├── Unauthorized          missing, malformed or unknown API key              401
-        └── Conflict              the resource's state forbids the operation          409
+    ├── DomainError               a client's request cannot be carried out; the gateway maps each to problem+json
+    │   ├── MalformedRequest      the body is not JSON at all (or is empty)          400
+    │   ├── InvalidInput          a parameter (400) or the body's content (422) is invalid
+    │   │   └── UnsafeUrl         a webhook URL that resolves to an internal address  422 (ackflow.netguard)
+    │   ├── UnknownKind           no worker has registered a handler for the kind    422
+    │   ├── NotFound              no such resource for this tenant                   404
+    │   ├── Unauthorized          missing, malformed or unknown API key              401
+    │   └── Conflict              the resource's state forbids the operation          409
+    └── (ackflow.client) ApiError, StreamUnavailable, WaitTimeout: what the Python client raises
 """
 
 from __future__ import annotations
@@ -48,8 +51,16 @@ class DomainError(AckflowError):
         self.errors = errors
 
 
+class MalformedRequest(DomainError):
+    """The body cannot be read as JSON at all."""
+
+    status_code = 400
+    type_slug = "malformed-request"
+    title = "Malformed request"
+
+
 class InvalidInput(DomainError):
-    """The input is malformed (400) or well-formed but invalid (422)."""
+    """A query, path or header parameter is invalid (400), or the body's content is (422)."""
 
     type_slug = "invalid-input"
     title = "Invalid input"
@@ -58,8 +69,8 @@ class InvalidInput(DomainError):
         super().__init__(detail, errors=errors)
         self.status_code = status_code
         if status_code == 400:
-            self.type_slug = "malformed-request"
-            self.title = "Malformed request"
+            self.type_slug = "invalid-parameter"
+            self.title = "Invalid parameter"
 
 
 class UnknownKind(DomainError):

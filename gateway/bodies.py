@@ -14,7 +14,7 @@ from litestar.connection import ASGIConnection
 from litestar.exceptions import ClientException, SerializationException
 from litestar.handlers.base import BaseRouteHandler
 
-from ackflow.errors import InvalidInput
+from ackflow.errors import MalformedRequest
 
 
 class JsonRequest(Request[Any, Any, Any]):
@@ -41,7 +41,7 @@ async def require_json_body(connection: ASGIConnection[Any, Any, Any, Any], _: B
             status_code=415,
         )
     if isinstance(connection, Request) and not await connection.body():
-        raise InvalidInput('the request body is empty: send a JSON object such as {"kind": "echo"}', status_code=400)
+        raise MalformedRequest('the request body is empty: send a JSON object such as {"kind": "echo"}')
 
 
 def _is_json(media_type: str) -> bool:

@@ -128,9 +128,9 @@ async def _sse(items: AsyncIterator[StreamItem]) -> AsyncIterator[ServerSentEven
             data = msgspec.json.encode(item.data).decode()
             yield ServerSentEventMessage(data=data, event=item.topic, id=str(item.id))
         elif item is KEEPALIVE:
-            yield ServerSentEventMessage(comment="keep-alive")
+            yield ServerSentEventMessage(comment="keep-alive", data=None)  # a comment only, not an empty event
         elif item is OVERFLOW:
-            yield ServerSentEventMessage(comment="too slow: reconnect with Last-Event-ID to catch up")
+            yield ServerSentEventMessage(comment="too slow: reconnect with Last-Event-ID to catch up", data=None)
 
 
 async def _relay_to_socket(socket: WebSocket[Any, Any, Any], items: AsyncIterator[StreamItem]) -> tuple[int, str]:

@@ -76,28 +76,14 @@ class SseEvent:
 
 
 async def read_sse(response: httpx.Response, *, until: Callable[[SseEvent], bool] | None = None) -> list[SseEvent]:
-    """Parse an SSE response body until it ends (or `until` holds for an event)."""
+    """Parse an SSE response body (WHATWG rules) until it ends, or `until` holds for an event."""
+    from ackflow.sse import EventStreamParser
+
+    parser = EventStreamParser("")
     events: list[SseEvent] = []
-    event_id: str | None = None
-    event: str | None = None
-    data: list[str] = []
-    async for line in response.aiter_lines():
-        if line == "":
-            if data or event:
-                parsed = SseEvent(event_id, event, "\n".join(data))
-                events.append(parsed)
-                if until is not None and until(parsed):
-                    return events
-            event_id, event, data = None, None, []
-        elif line.startswith(":"):
-            continue
-        else:
-            field, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            if field == "id":
-                event_id = value
-            elif field == "event":
-                event = value
-            elif field == "data":
-                data.append(value)
+    async for chunk in response.aiter_bytes():
+        for message in parser.feed(chunk):
+            events.append(SseEvent(message.id or None, message.event, message.data))
+            if until is not None and until(events[-1]):
+                return events
     return events

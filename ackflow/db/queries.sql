@@ -169,6 +169,11 @@ UPDATE webhook_deliveries d
            FOR UPDATE SKIP LOCKED)
 RETURNING d.id, d.tenant_id, d.endpoint_id, d.message_id, d.url, d.body, d.attempts, d.single_attempt;
 
+-- name: extend_webhook_lease
+-- The dispatcher attempting the delivery is alive: keep the others off it.
+UPDATE webhook_deliveries SET lease_until = now() + make_interval(secs => $2)
+ WHERE id = $1 AND state = 'delivering';
+
 -- name: delivery_for_attempt
 SELECT d.id, d.tenant_id, d.endpoint_id, d.message_id, d.url, d.body, d.state, d.attempts, d.single_attempt,
        e.enabled AS endpoint_enabled, e.deleted_at AS endpoint_deleted_at

@@ -245,45 +245,17 @@ def _postgres_ready(bin_path: Path, port: int) -> bool:
 
 def create_database(port: int, name: str, *, template: str | None = None) -> str:
     """Create database `name` if missing; return its URL."""
-    psql = _postgres_bin() / "psql"
-    exists = subprocess.run(
-        [
-            str(psql),
-            "-h",
-            LOOPBACK,
-            "-p",
-            str(port),
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-            "-tAc",
-            f"SELECT 1 FROM pg_database WHERE datname = '{name}'",
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
+    exists = _psql(port, "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{name}'").strip()
     if not exists:
         template_clause = f" TEMPLATE {template}" if template else ""
-        subprocess.run(
-            [
-                str(psql),
-                "-h",
-                LOOPBACK,
-                "-p",
-                str(port),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-qc",
-                f'CREATE DATABASE "{name}"{template_clause}',
-            ],
-            check=True,
-            capture_output=True,
-        )
+        _psql(port, "-qc", f'CREATE DATABASE "{name}"{template_clause}')
     return postgres_url(port, name)
+
+
+def _psql(port: int, *args: str) -> str:
+    """Run psql against the `postgres` database of the local server; its output."""
+    command = [str(_postgres_bin() / "psql"), "-h", LOOPBACK, "-p", str(port), "-U", "postgres", "-d", "postgres"]
+    return subprocess.run([*command, *args], check=True, capture_output=True, text=True).stdout
 
 
 def postgres_url(port: int, database: str) -> str:

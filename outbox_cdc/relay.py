@@ -16,6 +16,7 @@ from collections.abc import Mapping
 
 import asyncpg
 
+from ackflow.aio import wait_for_wake
 from ackflow.db.listen import listen_until_stopped
 from ackflow.db.queries import sql
 from ackflow.events import OutboxEvent, Route
@@ -63,7 +64,7 @@ class OutboxRelay:
                     log.warning("relay batch failed, retrying: %s", exc)
                     claimed = 0
                 if claimed < self._batch_size:
-                    await self._sleep_until_woken(stop)
+                    await wait_for_wake(self._wake, stop, self._poll_seconds)
         finally:
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -98,12 +99,3 @@ class OutboxRelay:
             return f"{type(exc).__name__}: {exc}"
         return None
 
-    async def _sleep_until_woken(self, stop: asyncio.Event) -> None:
-        stopping = asyncio.create_task(stop.wait())
-        woken = asyncio.create_task(self._wake.wait())
-        try:
-            await asyncio.wait({stopping, woken}, timeout=self._poll_seconds, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopping.cancel()
-            woken.cancel()
-            self._wake.clear()

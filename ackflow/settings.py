@@ -37,6 +37,7 @@ class Settings:
     relay_poll_seconds: float = 1.0
     auth_cache_seconds: float = 2.0
     capability_ttl_seconds: int = 24 * 3600
+    idempotency_ttl_seconds: int = 24 * 3600
     stream_keepalive_seconds: float = 15.0
     stream_poll_seconds: float = 2.0
     webhook_allow_private: bool = False
@@ -122,6 +123,7 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "relay_poll_seconds": ("ACKFLOW_RELAY_POLL_SECONDS", float),
     "auth_cache_seconds": ("ACKFLOW_AUTH_CACHE_SECONDS", float),
     "capability_ttl_seconds": ("ACKFLOW_CAPABILITY_TTL_SECONDS", int),
+    "idempotency_ttl_seconds": ("ACKFLOW_IDEMPOTENCY_TTL_SECONDS", int),
     "stream_keepalive_seconds": ("ACKFLOW_STREAM_KEEPALIVE_SECONDS", float),
     "stream_poll_seconds": ("ACKFLOW_STREAM_POLL_SECONDS", float),
     "webhook_allow_private": ("ACKFLOW_WEBHOOK_ALLOW_PRIVATE", _bool),

@@ -7,6 +7,7 @@ import uuid
 from typing import Annotated, Any
 
 import asyncpg
+import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
@@ -24,6 +25,7 @@ from gateway.auth import current_tenant, require_api_key
 from gateway.bodies import require_json_body
 from gateway.capabilities import CapabilityTokens
 from gateway.cursors import decode_cursor, encode_cursor
+from gateway.idempotency import claim_key, parse_key
 from gateway.schemas import AcceptedRequest, CreateRequest, Links, RequestPage, RequestState
 from gateway.streams import Streams
 
@@ -43,32 +45,34 @@ class RequestsController(Controller):
     @post("/", status_code=202, summary="Accept a request", responses=None, guards=[require_json_body])
     async def accept(
         self,
+        request: Request[Any, Any, Any],
         data: JSONBody[CreateRequest],
         tenant_id: NamedDependency[uuid.UUID],
         pool: NamedDependency[asyncpg.Pool],
         settings: NamedDependency[Settings],
         capability_tokens: NamedDependency[CapabilityTokens],
-    ) -> Response[AcceptedRequest]:
+    ) -> Response[Any]:
         """Commit the request (status INIT) with its outbox event in one statement, and answer at once.
 
         `links.events` is a capability URL: it opens this request's event stream without the API key
-        (for browsers' EventSource), and nothing else.
+        (for browsers' EventSource), and nothing else. With an `Idempotency-Key` header, a retry of
+        the same request gets the original answer and creates nothing.
         """
         if data.callback_url is not None:
             await check_target(data.callback_url, allow_private=settings.webhook_allow_private)
-        row = await _insert_request(pool, tenant_id, data)
-        location = f"/v1/requests/{row['id']}"
-        token = capability_tokens.issue(row["id"], tenant_id)
-        body = AcceptedRequest(
-            id=row["id"],
-            kind=row["kind"],
-            status=row["status"],
-            version=row["version"],
-            created_at=row["created_at"],
-            links=Links(self=location, events=f"{location}/events?token={token}"),
-        )
-        headers = {"Location": location, "Retry-After": str(settings.retry_after_seconds)}
-        return Response(body, status_code=202, headers=headers)
+        key = parse_key(request.headers.get("idempotency-key"), request.method, request.url.path, await request.body())
+        if key is None:
+            row = await _insert_request(pool, tenant_id, data)
+            return _accepted(_accepted_body(row, tenant_id, capability_tokens), settings)
+        async with claim_key(pool, tenant_id, key, ttl_seconds=settings.idempotency_ttl_seconds) as claim:
+            if claim.replay is not None:
+                response = _accepted(claim.replay.body, settings)
+                response.headers["Idempotent-Replayed"] = "true"
+                return response
+            row = await _insert_request(claim.connection, tenant_id, data)
+            body = _accepted_body(row, tenant_id, capability_tokens)
+            await claim.remember(row["id"], 202, body)
+        return _accepted(body, settings)
 
     @get("/{request_id:uuid}", summary="Get a request's status and result (long poll with ?wait=N)")
     async def read(
@@ -138,7 +142,28 @@ class RequestsController(Controller):
         return await _load(pool, request_id, tenant_id)
 
 
-async def _insert_request(pool: asyncpg.Pool, tenant_id: uuid.UUID, data: CreateRequest) -> asyncpg.Record:
+def _accepted_body(row: asyncpg.Record, tenant_id: uuid.UUID, tokens: CapabilityTokens) -> dict[str, Any]:
+    location = f"/v1/requests/{row['id']}"
+    body = AcceptedRequest(
+        id=row["id"],
+        kind=row["kind"],
+        status=row["status"],
+        version=row["version"],
+        created_at=row["created_at"],
+        links=Links(self=location, events=f"{location}/events?token={tokens.issue(row['id'], tenant_id)}"),
+    )
+    built: dict[str, Any] = msgspec.to_builtins(body)
+    return built
+
+
+def _accepted(body: dict[str, Any], settings: Settings) -> Response[Any]:
+    headers = {"Location": body["links"]["self"], "Retry-After": str(settings.retry_after_seconds)}
+    return Response(body, status_code=202, headers=headers)
+
+
+async def _insert_request(
+    pool: asyncpg.Pool | asyncpg.Connection, tenant_id: uuid.UUID, data: CreateRequest
+) -> asyncpg.Record:
     """The accept statement; its input errors (unknown kind, unstorable payload) leave nothing written."""
     try:
         row = await accept_request(

@@ -314,3 +314,18 @@ RETURNING id;
 UPDATE webhook_deliveries
    SET state = 'pending', next_attempt_at = now(), single_attempt = true, updated_at = now()
  WHERE endpoint_id = $1 AND tenant_id = $2 AND state = 'failed' AND created_at >= $3;
+
+-- name: idempotent_response
+SELECT fingerprint, response_status, response_body
+  FROM idempotency_keys WHERE tenant_id = $1 AND key = $2 AND expires_at > now();
+
+-- name: remember_idempotent_response
+INSERT INTO idempotency_keys (tenant_id, key, fingerprint, request_id, response_status, response_body, expires_at)
+VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7))
+ON CONFLICT (tenant_id, key) DO UPDATE
+   SET fingerprint = EXCLUDED.fingerprint, request_id = EXCLUDED.request_id,
+       response_status = EXCLUDED.response_status, response_body = EXCLUDED.response_body,
+       created_at = now(), expires_at = EXCLUDED.expires_at;
+
+-- name: forget_expired_idempotency_keys
+DELETE FROM idempotency_keys WHERE expires_at < now();

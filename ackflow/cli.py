@@ -59,6 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     create = tenant_commands.add_parser("create", help="create a tenant and print its first API key")
     create.add_argument("name")
     create.set_defaults(run=_tenant_create)
+    set_rate = tenant_commands.add_parser("set-rate", help="set a tenant's accept rate limit (requests a second)")
+    set_rate.add_argument("name")
+    set_rate.add_argument("rate", type=int, help="requests a second; 0 returns to ACKFLOW_RATE_LIMIT_PER_SECOND")
+    set_rate.set_defaults(run=_tenant_set_rate)
     return parser
 
 
@@ -160,6 +164,29 @@ def _tenant_create(args: argparse.Namespace, settings: Settings) -> None:
             await connection.close()
         print(f"tenant {args.name} created (id {new_key.tenant_id})")
         print(f"API key (shown once, store it now): {new_key.key}")
+
+    asyncio.run(run())
+
+
+def _tenant_set_rate(args: argparse.Namespace, settings: Settings) -> None:
+    from ackflow.db.pool import connect
+    from ackflow.db.queries import sql
+    from ackflow.errors import InvalidInput, NotFound
+
+    settings.require("database_url")
+    if args.rate < 0:
+        raise InvalidInput("the rate must be 0 (the default) or more requests a second")
+
+    async def run() -> None:
+        connection = await connect(settings.database_url, timeout=settings.connect_timeout_seconds)
+        try:
+            updated = await connection.fetchval(sql("set_tenant_accept_rate"), args.name, args.rate or None)
+        finally:
+            await connection.close()
+        if updated is None:
+            raise NotFound(f"no tenant is named {args.name!r}")
+        limit = f"{args.rate} requests a second" if args.rate else "the default (ACKFLOW_RATE_LIMIT_PER_SECOND)"
+        print(f"tenant {args.name} may now accept {limit}; gateways apply it within 10 s")
 
     asyncio.run(run())
 

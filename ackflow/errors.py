@@ -13,7 +13,8 @@
     │   ├── UnknownKind           no worker has registered a handler for the kind    422
     │   ├── NotFound              no such resource for this tenant                   404
     │   ├── Unauthorized          missing, malformed or unknown API key              401
-    │   └── Conflict              the resource's state forbids the operation          409
+    │   ├── Conflict              the resource's state forbids the operation          409
+    │   └── TooManyRequests       over the tenant's rate or stream limit (Retry-After) 429
     └── (ackflow.client) ApiError, StreamUnavailable, WaitTimeout: what the Python client raises
 """
 
@@ -103,3 +104,15 @@ class Conflict(DomainError):
     status_code = 409
     type_slug = "conflict"
     title = "Conflict"
+
+
+class TooManyRequests(DomainError):
+    """The tenant is over its accept rate or its concurrent stream limit; retry after `retry_after` s."""
+
+    status_code = 429
+    type_slug = "too-many-requests"
+    title = "Too many requests"
+
+    def __init__(self, detail: str, *, retry_after: float) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after

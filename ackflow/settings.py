@@ -40,6 +40,8 @@ class Settings:
     idempotency_ttl_seconds: int = 24 * 3600
     stream_keepalive_seconds: float = 15.0
     stream_poll_seconds: float = 2.0
+    rate_limit_per_second: int = 1000
+    max_streams_per_tenant: int = 5000
     webhook_allow_private: bool = False
     webhook_disable_after_days: float = 5.0
     webhook_max_in_flight: int = 200
@@ -126,6 +128,8 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "idempotency_ttl_seconds": ("ACKFLOW_IDEMPOTENCY_TTL_SECONDS", int),
     "stream_keepalive_seconds": ("ACKFLOW_STREAM_KEEPALIVE_SECONDS", float),
     "stream_poll_seconds": ("ACKFLOW_STREAM_POLL_SECONDS", float),
+    "rate_limit_per_second": ("ACKFLOW_RATE_LIMIT_PER_SECOND", int),
+    "max_streams_per_tenant": ("ACKFLOW_MAX_STREAMS_PER_TENANT", int),
     "webhook_allow_private": ("ACKFLOW_WEBHOOK_ALLOW_PRIVATE", _bool),
     "webhook_disable_after_days": ("ACKFLOW_WEBHOOK_DISABLE_AFTER_DAYS", float),
     "webhook_max_in_flight": ("ACKFLOW_WEBHOOK_MAX_IN_FLIGHT", int),

@@ -23,6 +23,7 @@ from gateway.health import HealthController
 from gateway.hub import ResilientPubSubBackend, create_channels
 from gateway.page import index_page, static_asset
 from gateway.problems import EXCEPTION_HANDLERS, not_found_page_as_problem
+from gateway.rate_limit import AcceptRateLimiter
 from gateway.requests_controller import RequestsController
 from gateway.streams import Streams
 from gateway.streams_controller import RequestStreamsController, TenantStreamsController
@@ -56,7 +57,9 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None, redis: R
                 hub,
                 keepalive_seconds=settings.stream_keepalive_seconds,
                 poll_seconds=settings.stream_poll_seconds,
+                max_per_tenant=settings.max_streams_per_tenant,
             )
+            app.state.rate_limiter = AcceptRateLimiter(redis_client, app.state.pool, settings.rate_limit_per_second)
             yield
         finally:
             if own_redis:
@@ -84,6 +87,7 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None, redis: R
             "hub": Provide(_hub, sync_to_thread=False),
             "streams": Provide(_streams, sync_to_thread=False),
             "capability_tokens": Provide(_capability_tokens, sync_to_thread=False),
+            "rate_limiter": Provide(_rate_limiter, sync_to_thread=False),
         },
         exception_handlers=EXCEPTION_HANDLERS,
         request_class=JsonRequest,
@@ -125,3 +129,8 @@ def _streams(state: State) -> Streams:
 def _capability_tokens(state: State) -> CapabilityTokens:
     tokens: CapabilityTokens = state.capability_tokens
     return tokens
+
+
+def _rate_limiter(state: State) -> AcceptRateLimiter:
+    limiter: AcceptRateLimiter = state.rate_limiter
+    return limiter

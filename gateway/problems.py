@@ -8,6 +8,7 @@ route, wrong method, oversized body) are rewritten into the same shape; anything
 from __future__ import annotations
 
 import logging
+import math
 import re
 from typing import Any
 
@@ -16,7 +17,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, SerializationException, ValidationException
 from redis.exceptions import RedisError
 
-from ackflow.errors import DomainError, ServiceUnavailable
+from ackflow.errors import DomainError, ServiceUnavailable, TooManyRequests
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ def problem(
 
 def domain_error_handler(request: Request[Any, Any, Any], exc: DomainError) -> Response[dict[str, Any]]:
     headers = {"WWW-Authenticate": 'Bearer realm="ackflow"'} if exc.status_code == 401 else None
+    if isinstance(exc, TooManyRequests):
+        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
     return problem(
         exc.status_code, exc.type_slug, exc.title, exc.detail, request=request, headers=headers, errors=exc.errors
     )

@@ -26,6 +26,7 @@ from gateway.bodies import require_json_body
 from gateway.capabilities import CapabilityTokens
 from gateway.cursors import decode_cursor, encode_cursor
 from gateway.idempotency import claim_key, parse_key
+from gateway.rate_limit import AcceptRateLimiter
 from gateway.schemas import AcceptedRequest, CreateRequest, Links, RequestPage, RequestState
 from gateway.streams import Streams
 
@@ -51,6 +52,7 @@ class RequestsController(Controller):
         pool: NamedDependency[asyncpg.Pool],
         settings: NamedDependency[Settings],
         capability_tokens: NamedDependency[CapabilityTokens],
+        rate_limiter: NamedDependency[AcceptRateLimiter],
     ) -> Response[Any]:
         """Commit the request (status INIT) with its outbox event in one statement, and answer at once.
 
@@ -58,6 +60,7 @@ class RequestsController(Controller):
         (for browsers' EventSource), and nothing else. With an `Idempotency-Key` header, a retry of
         the same request gets the original answer and creates nothing.
         """
+        await rate_limiter.check(tenant_id)
         if data.callback_url is not None:
             await check_target(data.callback_url, allow_private=settings.webhook_allow_private)
         key = parse_key(request.headers.get("idempotency-key"), request.method, request.url.path, await request.body())
@@ -167,8 +170,13 @@ async def _insert_request(
     """The accept statement; its input errors (unknown kind, unstorable payload) leave nothing written."""
     try:
         row = await accept_request(
-            pool, new_request_id(), tenant_id, data.kind, data.payload,
-            callback_url=data.callback_url, callback_events=data.callback_events,
+            pool,
+            new_request_id(),
+            tenant_id,
+            data.kind,
+            data.payload,
+            callback_url=data.callback_url,
+            callback_events=data.callback_events,
         )
     except asyncpg.UntranslatableCharacterError:
         # Postgres jsonb cannot hold U+0000 in a string or key; the one statement failed as a whole.

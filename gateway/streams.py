@@ -13,7 +13,7 @@ from __future__ import annotations
 import collections
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +22,7 @@ from litestar.channels import ChannelsPlugin
 
 from ackflow.contracts import TERMINAL_STATUSES
 from ackflow.db.queries import sql
+from ackflow.errors import TooManyRequests
 from ackflow.live import LiveEvent, decode_live_event, request_channel, tenant_channel
 from gateway.hub import RESYNC, ResilientPubSubBackend, StreamSubscriber
 
@@ -81,12 +82,35 @@ class Streams:
         *,
         keepalive_seconds: float,
         poll_seconds: float,
+        max_per_tenant: int = 5000,
     ) -> None:
         self.pool = pool
+        self.max_per_tenant = max_per_tenant
+        self._open: collections.Counter[uuid.UUID] = collections.Counter()
         self.channels = channels
         self.backend = backend
         self.keepalive_seconds = keepalive_seconds
         self.poll_seconds = poll_seconds
+
+    def open_stream(self, tenant_id: uuid.UUID) -> Callable[[], None]:
+        """Count a stream against the tenant's limit on this gateway; call what it returns when it ends."""
+        if self._open[tenant_id] >= self.max_per_tenant:
+            raise TooManyRequests(
+                f"this tenant already has {self.max_per_tenant} open streams on this gateway; close some first",
+                retry_after=5,
+            )
+        self._open[tenant_id] += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._open[tenant_id] -= 1
+                if self._open[tenant_id] <= 0:
+                    del self._open[tenant_id]
+
+        return release
 
     async def position(self, tenant_id: uuid.UUID, request_id: uuid.UUID, last_event_id: int) -> StreamPosition | None:
         row = await self.pool.fetchrow(sql("request_stream_position"), request_id, tenant_id, last_event_id)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 import msgspec
@@ -22,7 +22,7 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 from litestar.status_codes import WS_1000_NORMAL_CLOSURE, WS_1013_TRY_AGAIN_LATER
 
 from ackflow.contracts import ALL_STATUSES
-from ackflow.errors import InvalidInput, NotFound
+from ackflow.errors import InvalidInput, NotFound, TooManyRequests
 from ackflow.handlers import KIND_PATTERN
 from gateway.auth import current_socket_tenant, current_tenant, require_api_key, require_key_or_capability
 from gateway.streams import KEEPALIVE, OVERFLOW, StreamEvent, StreamItem, Streams
@@ -55,8 +55,9 @@ class RequestStreamsController(Controller):
             raise NotFound(f"request {request_id} does not exist")
         if position.finished_for_client:
             return Response(None, status_code=204)  # tells EventSource the stream is over
+        release = streams.open_stream(tenant_id)
         items = streams.follow_request(tenant_id, request_id, position.seen_version)
-        return ServerSentEvent(_sse(items), retry_duration=SSE_RETRY_MILLISECONDS)
+        return ServerSentEvent(_sse(items, release), retry_duration=SSE_RETRY_MILLISECONDS)
 
     @websocket("/ws", dependencies={"tenant_id": Provide(current_socket_tenant, sync_to_thread=False)})
     async def socket(
@@ -74,10 +75,18 @@ class RequestStreamsController(Controller):
         if position is None:
             await socket.close(code=4404, reason="no such request")
             return
-        items = streams.follow_request(tenant_id, request_id, position.seen_version)
-        with contextlib.suppress(WebSocketDisconnect):
-            close_code, reason = await _relay_to_socket(socket, items)
-            await socket.close(code=close_code, reason=reason)
+        try:
+            release = streams.open_stream(tenant_id)
+        except TooManyRequests:
+            await socket.close(code=WS_1013_TRY_AGAIN_LATER, reason="too many open streams for this tenant")
+            return
+        try:
+            items = streams.follow_request(tenant_id, request_id, position.seen_version)
+            with contextlib.suppress(WebSocketDisconnect):
+                close_code, reason = await _relay_to_socket(socket, items)
+                await socket.close(code=close_code, reason=reason)
+        finally:
+            release()
 
 
 class TenantStreamsController(Controller):
@@ -106,8 +115,9 @@ class TenantStreamsController(Controller):
             )
         header = request.headers.get("last-event-id")
         after = _last_event_id(header, last_event_id) if header or last_event_id is not None else None
+        release = streams.open_stream(tenant_id)
         items = streams.follow_tenant(tenant_id, after, kind, status)
-        return ServerSentEvent(_sse(items), retry_duration=SSE_RETRY_MILLISECONDS)
+        return ServerSentEvent(_sse(items, release), retry_duration=SSE_RETRY_MILLISECONDS)
 
 
 def _last_event_id(header: str | None, query: int | None) -> int:
@@ -122,7 +132,15 @@ def _last_event_id(header: str | None, query: int | None) -> int:
     return int(header)
 
 
-async def _sse(items: AsyncIterator[StreamItem]) -> AsyncIterator[ServerSentEventMessage]:
+async def _sse(items: AsyncIterator[StreamItem], release: Callable[[], None]) -> AsyncIterator[ServerSentEventMessage]:
+    try:
+        async for message in _messages(items):
+            yield message
+    finally:
+        release()
+
+
+async def _messages(items: AsyncIterator[StreamItem]) -> AsyncIterator[ServerSentEventMessage]:
     async for item in items:
         if isinstance(item, StreamEvent):
             data = msgspec.json.encode(item.data).decode()

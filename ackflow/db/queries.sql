@@ -329,3 +329,9 @@ ON CONFLICT (tenant_id, key) DO UPDATE
 
 -- name: forget_expired_idempotency_keys
 DELETE FROM idempotency_keys WHERE expires_at < now();
+
+-- name: tenant_accept_rate
+SELECT accept_rate_per_second FROM tenants WHERE id = $1;
+
+-- name: set_tenant_accept_rate
+UPDATE tenants SET accept_rate_per_second = $2 WHERE name = $1 RETURNING id;

@@ -1,0 +1,71 @@
+"""Per-tenant limits: accepts over the rate are 429 with Retry-After; too many streams are 429."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+from redis.asyncio import Redis
+from temporalio.client import Client
+
+from ackflow.handlers import HandlerRegistry
+from ackflow.settings import Settings
+from tests.conftest import Tenant, api_client, running_roles
+from tests.helpers import assert_problem
+
+ACKFLOW = str(Path(sys.executable).parent / "ackflow")
+
+
+@pytest.fixture
+async def limited(
+    settings: Settings, pool: asyncpg.Pool, redis: Redis, temporal: Client, registry: HandlerRegistry, tenant: Tenant
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The stack with a tenant limited to 2 accepts a second and 2 open streams per gateway."""
+    own = replace(settings, max_streams_per_tenant=2, stream_keepalive_seconds=30)
+    result = subprocess.run(
+        [ACKFLOW, "tenant", "set-rate", "acme", "2"], env={**os.environ, "DATABASE_URL": own.database_url},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    async with running_roles(own, pool, redis, temporal, registry), api_client(own, tenant.api_key) as client:
+        yield client
+
+
+async def test_accepts_over_the_tenant_rate_are_429_with_retry_after_and_write_nothing(
+    limited: httpx.AsyncClient, pool: asyncpg.Pool, settings: Settings, other_tenant: Tenant
+) -> None:
+    responses = [await limited.post("/v1/requests", json={"kind": "echo", "payload": {}}) for _ in range(12)]
+
+    accepted = [r for r in responses if r.status_code == 202]
+    refused = [r for r in responses if r.status_code == 429]
+    assert len(accepted) + len(refused) == 12
+    assert 4 <= len(accepted) < 12, "a burst of 2 seconds' worth, then refusals"
+    for response in refused:
+        assert_problem(response, 429, "too-many-requests")
+        assert int(response.headers["retry-after"]) >= 1
+    assert await pool.fetchval("SELECT count(*) FROM requests") == len(accepted)
+    async with api_client(settings, other_tenant.api_key) as other:  # another tenant has its own bucket
+        assert (await other.post("/v1/requests", json={"kind": "echo", "payload": {}})).status_code == 202
+    await asyncio.sleep(math.ceil(float(refused[-1].headers["retry-after"])))
+    assert (await limited.post("/v1/requests", json={"kind": "echo", "payload": {}})).status_code == 202
+
+
+async def test_a_third_stream_is_refused_while_two_are_open(limited: httpx.AsyncClient) -> None:
+    request_id = (await limited.post("/v1/requests", json={"kind": "sleep", "payload": {"seconds": 30}})).json()["id"]
+    url = f"/v1/requests/{request_id}/events"
+    async with limited.stream("GET", url) as first, limited.stream("GET", url) as second:
+        assert first.status_code == second.status_code == 200
+        third = await limited.get(url)
+        assert_problem(third, 429, "too-many-requests")
+    async with limited.stream("GET", url) as after_closing:
+        assert after_closing.status_code == 200, "closed streams free their slots"
+    await limited.post(f"/v1/requests/{request_id}/cancel")

@@ -51,8 +51,14 @@ class Claim:
 
     async def remember(self, request_id: uuid.UUID, status: int, body: dict[str, Any]) -> None:
         await self.connection.execute(
-            sql("remember_idempotent_response"), self.tenant_id, self.key.key, self.key.fingerprint,
-            request_id, status, body, self.ttl_seconds,
+            sql("remember_idempotent_response"),
+            self.tenant_id,
+            self.key.key,
+            self.key.fingerprint,
+            request_id,
+            status,
+            body,
+            self.ttl_seconds,
         )
 
 

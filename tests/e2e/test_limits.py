@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -31,11 +30,12 @@ async def limited(
 ) -> AsyncIterator[httpx.AsyncClient]:
     """The stack with a tenant limited to 2 accepts a second and 2 open streams per gateway."""
     own = replace(settings, max_streams_per_tenant=2, stream_keepalive_seconds=30)
-    result = subprocess.run(
-        [ACKFLOW, "tenant", "set-rate", "acme", "2"], env={**os.environ, "DATABASE_URL": own.database_url},
-        capture_output=True, text=True, timeout=60,
+    process = await asyncio.create_subprocess_exec(
+        ACKFLOW, "tenant", "set-rate", "acme", "2", env={**os.environ, "DATABASE_URL": own.database_url},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
-    assert result.returncode == 0, result.stderr
+    _, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, err
     async with running_roles(own, pool, redis, temporal, registry), api_client(own, tenant.api_key) as client:
         yield client
 

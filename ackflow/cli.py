@@ -3,7 +3,8 @@
     ackflow dev [--state-dir .ackflow] [--port 8000]   everything, on embedded servers
     ackflow gateway | relay | worker                     one production role, configured by env vars
     ackflow migrate                                      apply database migrations
-    ackflow tenant create NAME                           a tenant and its first API key (printed once)
+    ackflow tenant create NAME | set-rate NAME N         a tenant and its first API key (printed once); its rate
+    ackflow key create TENANT | list TENANT | revoke PREFIX   API keys
 
 Errors ackflow expects (bad config, a service down, a port taken) are one line on stderr.
 """
@@ -16,6 +17,7 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from ackflow.errors import AckflowError
 from ackflow.settings import Settings
@@ -63,6 +65,18 @@ def _parser() -> argparse.ArgumentParser:
     set_rate.add_argument("name")
     set_rate.add_argument("rate", type=int, help="requests a second; 0 returns to ACKFLOW_RATE_LIMIT_PER_SECOND")
     set_rate.set_defaults(run=_tenant_set_rate)
+
+    key = commands.add_parser("key", help="manage API keys")
+    key_commands = key.add_subparsers(dest="key_command", required=True, metavar="ACTION")
+    key_create = key_commands.add_parser("create", help="a new API key for a tenant (printed once)")
+    key_create.add_argument("tenant")
+    key_create.set_defaults(run=_key_create)
+    key_list = key_commands.add_parser("list", help="a tenant's keys: prefix, created, revoked")
+    key_list.add_argument("tenant")
+    key_list.set_defaults(run=_key_list)
+    key_revoke = key_commands.add_parser("revoke", help="revoke a key by its prefix, on every gateway at once")
+    key_revoke.add_argument("prefix")
+    key_revoke.set_defaults(run=_key_revoke)
     return parser
 
 
@@ -187,6 +201,85 @@ def _tenant_set_rate(args: argparse.Namespace, settings: Settings) -> None:
             raise NotFound(f"no tenant is named {args.name!r}")
         limit = f"{args.rate} requests a second" if args.rate else "the default (ACKFLOW_RATE_LIMIT_PER_SECOND)"
         print(f"tenant {args.name} may now accept {limit}; gateways apply it within 10 s")
+
+    asyncio.run(run())
+
+
+def _key_create(args: argparse.Namespace, settings: Settings) -> None:
+    from ackflow.errors import NotFound
+    from ackflow.tenants import create_api_key
+
+    async def run(connection: Any) -> None:
+        tenant_id = await connection.fetchval("SELECT id FROM tenants WHERE name = $1", args.tenant)
+        if tenant_id is None:
+            raise NotFound(f"no tenant is named {args.tenant!r}")
+        new_key = await create_api_key(connection, tenant_id)
+        print(f"API key for {args.tenant} (shown once, store it now): {new_key.key}")
+
+    _with_database(settings, run)
+
+
+def _key_list(args: argparse.Namespace, settings: Settings) -> None:
+    from ackflow.db.queries import sql
+
+    async def run(connection: Any) -> None:
+        rows = await connection.fetch(sql("list_api_keys"), args.tenant)
+        if not rows:
+            print(f"no keys for a tenant named {args.tenant!r}")
+        for row in rows:
+            revoked = f"revoked {row['revoked_at']:%Y-%m-%d %H:%M}" if row["revoked_at"] else "active"
+            print(f"ak_{row['prefix']}_…  created {row['created_at']:%Y-%m-%d %H:%M}  {revoked}")
+
+    _with_database(settings, run)
+
+
+def _key_revoke(args: argparse.Namespace, settings: Settings) -> None:
+    from ackflow.db.queries import sql
+    from ackflow.errors import NotFound
+
+    prefix = args.prefix.removeprefix("ak_").split("_")[0]
+
+    async def run(connection: Any) -> None:
+        key_hash = await connection.fetchval(sql("revoke_api_key"), prefix)
+        if key_hash is None:
+            raise NotFound(f"no active key has the prefix {prefix!r}")
+        announced = await _announce_revocation(settings, bytes(key_hash))
+        where = "on every gateway now" if announced else f"within {settings.auth_cache_seconds:g} s (Redis not reached)"
+        print(f"key ak_{prefix}_… revoked; it stops working {where}")
+
+    _with_database(settings, run)
+
+
+async def _announce_revocation(settings: Settings, key_hash: bytes) -> bool:
+    """Tell every gateway to forget the key now (best effort: their cache expires anyway)."""
+    if not settings.redis_url:
+        return False
+    from redis.asyncio import Redis
+
+    from ackflow.live import REVOKED_KEYS_CHANNEL
+
+    redis = Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        await redis.publish(REVOKED_KEYS_CHANNEL, key_hash.hex())
+        return True
+    except Exception:
+        return False
+    finally:
+        await redis.aclose()
+
+
+def _with_database(settings: Settings, work: Callable[[Any], Awaitable[None]]) -> None:
+    """Run `work(connection)` on one connection to DATABASE_URL."""
+    from ackflow.db.pool import connect
+
+    settings.require("database_url")
+
+    async def run() -> None:
+        connection = await connect(settings.database_url, timeout=settings.connect_timeout_seconds)
+        try:
+            await work(connection)
+        finally:
+            await connection.close()
 
     asyncio.run(run())
 

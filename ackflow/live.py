@@ -46,3 +46,6 @@ def decode_live_event(raw: bytes) -> LiveEvent | None:
         return _decoder.decode(raw)
     except msgspec.DecodeError:
         return None
+
+
+REVOKED_KEYS_CHANNEL = "ackflow:keys:revoked"  # messages: the SHA-256 (hex) of a revoked API key

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -60,7 +61,13 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None, redis: R
                 max_per_tenant=settings.max_streams_per_tenant,
             )
             app.state.rate_limiter = AcceptRateLimiter(redis_client, app.state.pool, settings.rate_limit_per_second)
-            yield
+            revocations = asyncio.create_task(app.state.authenticator.follow_revocations(channels))
+            try:
+                yield
+            finally:
+                revocations.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await revocations
         finally:
             if own_redis:
                 await redis_client.aclose()

@@ -2,11 +2,13 @@
 
 Implemented as a guard so it runs before the body is read: an unauthenticated caller learns
 nothing from validation errors. Lookups are cached for a couple of seconds per gateway to keep the
-accept path at one SQL statement; a revoked key stops working within that window.
+accept path at one SQL statement; `ackflow key revoke` announces a revocation on Redis, so every
+gateway forgets the key at once (and within the cache window if Redis is down).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from typing import Any
@@ -14,11 +16,14 @@ from typing import Any
 import asyncpg
 from litestar import Request, WebSocket
 from litestar.connection import ASGIConnection
+from litestar.channels import ChannelsPlugin
 from litestar.handlers.base import BaseRouteHandler
 
 from ackflow.db.queries import sql
 from ackflow.errors import Unauthorized
+from ackflow.live import REVOKED_KEYS_CHANNEL
 from ackflow.tenants import KEY_PREFIX, hash_api_key
+from gateway.hub import RESYNC, StreamSubscriber
 
 MAX_KEY_LENGTH = 256
 
@@ -30,6 +35,25 @@ class ApiKeyAuthenticator:
         self._pool = pool
         self._cache_seconds = cache_seconds
         self._cache: dict[bytes, tuple[uuid.UUID, float]] = {}
+
+    def forget(self, key_hash: bytes | None = None) -> None:
+        """Drop one cached key (revoked), or every cached key (revocations may have been missed)."""
+        if key_hash is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(key_hash, None)
+
+    async def follow_revocations(self, channels: ChannelsPlugin) -> None:
+        """Forget revoked keys as soon as `ackflow key revoke` announces them, on every gateway."""
+        async with channels.start_subscription(REVOKED_KEYS_CHANNEL) as subscriber:
+            assert isinstance(subscriber, StreamSubscriber)
+            while True:
+                message = await subscriber.next_message(60.0)
+                if message == RESYNC:
+                    self.forget()
+                elif message:
+                    with contextlib.suppress(ValueError):
+                        self.forget(bytes.fromhex(message.decode()))
 
     async def tenant_for(self, authorization: str | None) -> uuid.UUID:
         key = _bearer_key(authorization)

@@ -335,3 +335,12 @@ SELECT accept_rate_per_second FROM tenants WHERE id = $1;
 
 -- name: set_tenant_accept_rate
 UPDATE tenants SET accept_rate_per_second = $2 WHERE name = $1 RETURNING id;
+
+-- name: list_api_keys
+SELECT k.prefix, k.created_at, k.revoked_at
+  FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
+ WHERE t.name = $1
+ ORDER BY k.created_at;
+
+-- name: revoke_api_key
+UPDATE api_keys SET revoked_at = now() WHERE prefix = $1 AND revoked_at IS NULL RETURNING key_hash;

@@ -15,8 +15,8 @@ from typing import Any
 
 import asyncpg
 from litestar import Request, WebSocket
-from litestar.connection import ASGIConnection
 from litestar.channels import ChannelsPlugin
+from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
 from ackflow.db.queries import sql

@@ -82,6 +82,7 @@ class WebhookAttempts:
             result.response_body,
             result.error,
             moment,
+            row["url"],
         )
         return AttemptOutcome(state, attempt, result.retry_after)
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import asyncpg
 
+from ackflow.aio import wait_for_wake
 from ackflow.db.listen import listen_until_stopped
 from ackflow.db.queries import sql
 from callbacks.attempts import WebhookAttempts
@@ -74,7 +75,7 @@ class WebhookDispatcher:
                     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                         log.warning("claiming webhook deliveries failed, retrying: %s", exc)
                 if claimed == 0 or len(self._in_flight) >= self._max_in_flight:
-                    await self._wait_for_work(stop)
+                    await wait_for_wake(self._wake, stop, self._poll_seconds)
         finally:
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -97,20 +98,25 @@ class WebhookDispatcher:
 
     async def _deliver(self, row: Any) -> None:
         trigger = "manual" if row["single_attempt"] else "first" if row["attempts"] == 0 else "retry"
-        outcome = await self._attempts.attempt(row["id"], trigger=trigger, retry_state=DELIVERING)
-        if outcome.state == DELIVERING:  # failed, may be retried: hand it to its durable schedule
-            await self._start_retries(row["id"], outcome.attempt, outcome.retry_after)
-            await self._pool.execute(sql("mark_delivery_retrying"), row["id"])
-
-    async def _wait_for_work(self, stop: asyncio.Event) -> None:
-        stopping = asyncio.create_task(stop.wait())
-        woken = asyncio.create_task(self._wake.wait())
+        keeper = asyncio.create_task(self._keep_lease(row["id"]))
         try:
-            await asyncio.wait({stopping, woken}, timeout=self._poll_seconds, return_when=asyncio.FIRST_COMPLETED)
+            outcome = await self._attempts.attempt(row["id"], trigger=trigger, retry_state=DELIVERING)
+            if outcome.state == DELIVERING:  # failed, may be retried: hand it to its durable schedule
+                await self._start_retries(row["id"], outcome.attempt, outcome.retry_after)
+                await self._pool.execute(sql("mark_delivery_retrying"), row["id"])
         finally:
-            stopping.cancel()
-            woken.cancel()
-            self._wake.clear()
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
+
+    async def _keep_lease(self, delivery_id: uuid.UUID) -> None:
+        """Renew the lease while this dispatcher works on the delivery (waiting for the endpoint's limits
+        may take longer than a lease): only a dispatcher that died lets it run out."""
+        while True:
+            await asyncio.sleep(self._lease_seconds / 3)
+            try:
+                await self._pool.execute(sql("extend_webhook_lease"), delivery_id, self._lease_seconds)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("renewing the lease of webhook delivery %s failed: %s", delivery_id, exc)
 
     async def _finish_in_flight(self, grace_seconds: float = 5.0) -> None:
         if not self._in_flight:

@@ -60,6 +60,8 @@ class EndpointLimiter:
         row = await self._pool.fetchrow(sql("endpoint_limits"), [endpoint_id])
         concurrency = row["max_concurrency"] if row else DEFAULT_CONCURRENCY
         rate = row["rate_limit_per_second"] if row else None
+        # Other sends to this endpoint may have read it meanwhile: share their limit, never make a second one.
+        limit = self._limits.get(endpoint_id)
         if limit is None or limit.concurrency != concurrency:
             limit = _Limit(concurrency, rate, asyncio.Semaphore(concurrency), float(rate or 0), now, now)
             self._limits[endpoint_id] = limit

@@ -77,7 +77,8 @@ class WebhookSender:
             return AttemptResult(None, _since(started), None, f"timed out after {ATTEMPT_TIMEOUT_SECONDS:.0f}s")
         except httpx.HTTPError as exc:
             return AttemptResult(None, _since(started), None, f"{type(exc).__name__}: {exc}"[:500])
-        excerpt = response.content[:RESPONSE_EXCERPT_BYTES].decode("utf-8", errors="replace")
+        # Postgres text cannot hold NUL: an excerpt with one could never be recorded (and would be resent).
+        excerpt = response.content[:RESPONSE_EXCERPT_BYTES].decode("utf-8", errors="replace").replace("\x00", "\ufffd")
         retry_after = _retry_after(response) if response.status_code in (429, 503) else None
         error = None if response.is_success else f"HTTP {response.status_code}"
         return AttemptResult(response.status_code, _since(started), excerpt, error, retry_after)

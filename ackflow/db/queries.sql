@@ -151,8 +151,13 @@ WITH targets AS (
        AND (r.callback_events IS NULL OR $2 = ANY (r.callback_events)
             OR split_part($2, '.', 1) || '.*' = ANY (r.callback_events))
 )
+-- Ids are time-ordered (UUIDv7 layout, built by hand for Postgres < 18) like every other id, so an
+-- endpoint's delivery log, ordered by id, is newest first.
 INSERT INTO webhook_deliveries (id, tenant_id, endpoint_id, request_id, event_id, message_id, event_type, url, body, state)
-SELECT gen_random_uuid(), $3::uuid, t.endpoint_id, $4::uuid, $1::bigint, 'msg_' || $1::bigint, $2::text, t.url, $5::text, 'pending'
+SELECT encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid())
+                      PLACING substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3)
+                      FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid,
+       $3::uuid, t.endpoint_id, $4::uuid, $1::bigint, 'msg_' || $1::bigint, $2::text, t.url, $5::text, 'pending'
   FROM targets t
 ON CONFLICT DO NOTHING;
 
@@ -175,7 +180,8 @@ UPDATE webhook_deliveries SET lease_until = now() + make_interval(secs => $2)
  WHERE id = $1 AND state = 'delivering';
 
 -- name: delivery_for_attempt
-SELECT d.id, d.tenant_id, d.endpoint_id, d.message_id, d.url, d.body, d.state, d.attempts, d.single_attempt,
+-- The endpoint's current url: a resend after the partner fixed its url goes to the fixed one.
+SELECT d.id, d.tenant_id, d.endpoint_id, d.message_id, coalesce(e.url, d.url) AS url, d.body, d.state, d.attempts, d.single_attempt,
        e.enabled AS endpoint_enabled, e.deleted_at AS endpoint_deleted_at
   FROM webhook_deliveries d LEFT JOIN webhook_endpoints e ON e.id = d.endpoint_id
  WHERE d.id = $1;
@@ -186,23 +192,32 @@ SELECT secret FROM webhook_secrets
  ORDER BY id DESC;
 
 -- name: tenant_signing_secret
--- The tenant's default signing secret, made from $2 on first use.
-WITH made AS (
-    UPDATE tenants SET webhook_secret = $2 WHERE id = $1 AND webhook_secret IS NULL RETURNING webhook_secret
+-- The tenant's default signing secret, made from $2 on first use. When first uses race, the losers'
+-- UPDATEs wait for the winner and then keep and return its secret (coalesce reads the row as the
+-- winner left it; this statement's snapshot still shows NULL, so it must not be read from there).
+WITH current AS (
+    SELECT webhook_secret FROM tenants WHERE id = $1
+), made AS (
+    UPDATE tenants SET webhook_secret = coalesce(webhook_secret, $2)
+     WHERE id = $1 AND (SELECT webhook_secret FROM current) IS NULL
+    RETURNING webhook_secret
 )
-SELECT webhook_secret FROM made UNION ALL SELECT webhook_secret FROM tenants WHERE id = $1 LIMIT 1;
+SELECT webhook_secret FROM made
+UNION ALL
+SELECT webhook_secret FROM current WHERE webhook_secret IS NOT NULL
+LIMIT 1;
 
 -- name: endpoint_limits
 SELECT id, max_concurrency, rate_limit_per_second FROM webhook_endpoints WHERE id = ANY ($1::uuid[]);
 
 -- name: record_attempt
--- The attempt, and the delivery's new state ($4), in one statement.
+-- The attempt, and the delivery's new state ($4) and the url it went to ($10), in one statement.
 WITH attempt AS (
     INSERT INTO webhook_attempts (delivery_id, attempt, trigger, attempted_at, status_code, latency_ms, response_body, error)
     VALUES ($1, $2, $3, coalesce($9, now()), $5, $6, $7, $8)
 )
 UPDATE webhook_deliveries
-   SET state = $4, attempts = $2, last_status = $5, last_error = $8, lease_until = NULL, updated_at = now()
+   SET state = $4, attempts = $2, last_status = $5, last_error = $8, url = $10, lease_until = NULL, updated_at = now()
  WHERE id = $1;
 
 -- name: endpoint_succeeded

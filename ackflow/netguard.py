@@ -39,19 +39,19 @@ class CheckedTarget:
     addresses: tuple[str, ...]
 
 
-def check_url_syntax(url: str) -> tuple[str, str, int]:
+def check_url_syntax(url: str, *, field: str = "url") -> tuple[str, str, int]:
     """(scheme, host, port) of an http(s) URL without credentials, or UnsafeUrl saying what is wrong."""
     if len(url) > MAX_URL_LENGTH:
-        raise UnsafeUrl(f"the URL is longer than {MAX_URL_LENGTH} characters", errors=_field("too long"))
+        raise UnsafeUrl(f"the URL is longer than {MAX_URL_LENGTH} characters", errors=_field("too long", field))
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError:
-        raise UnsafeUrl("the URL is not valid", errors=_field("not a URL")) from None
+        raise UnsafeUrl("the URL is not valid", errors=_field("not a URL", field)) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UnsafeUrl("the URL must be http:// or https:// with a host", errors=_field("not an http(s) URL"))
+        raise UnsafeUrl("the URL must be http:// or https:// with a host", errors=_field("not an http(s) URL", field))
     if parts.username or parts.password:
-        raise UnsafeUrl("the URL must not contain credentials", errors=_field("credentials in URL"))
+        raise UnsafeUrl("the URL must not contain credentials", errors=_field("credentials in URL", field))
     return parts.scheme, parts.hostname.lower().rstrip("."), port or (443 if parts.scheme == "https" else 80)
 
 
@@ -71,26 +71,30 @@ def is_internal(address: str) -> bool:
     )
 
 
-async def check_target(url: str, *, allow_private: bool, timeout: float = 5.0) -> CheckedTarget:
-    """Resolve the URL's host and refuse it if any address is internal (unless `allow_private`)."""
-    scheme, host, port = check_url_syntax(url)
+async def check_target(url: str, *, allow_private: bool, timeout: float = 5.0, field: str = "url") -> CheckedTarget:
+    """Resolve the URL's host and refuse it if any address is internal (unless `allow_private`).
+
+    `field` names the input in the error (`url` of an endpoint, `callback_url` of a request).
+    """
+    scheme, host, port = check_url_syntax(url, field=field)
     if not allow_private and (host in _METADATA_HOSTS or host == "localhost" or host.endswith(".localhost")):
-        raise UnsafeUrl(f"the host {host} is internal", errors=_field("internal host"))
+        raise UnsafeUrl(f"the host {host} is internal", errors=_field("internal host", field))
     try:
         infos = await asyncio.wait_for(
             asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM), timeout
         )
     except (TimeoutError, OSError):
-        raise UnsafeUrl(f"the host {host} does not resolve", errors=_field("does not resolve")) from None
+        raise UnsafeUrl(f"the host {host} does not resolve", errors=_field("does not resolve", field)) from None
     addresses = tuple(dict.fromkeys(str(info[4][0]) for info in infos))
     if not allow_private:
         internal = [a for a in addresses if is_internal(a)]
         if internal:
             raise UnsafeUrl(
-                f"the host {host} resolves to an internal address ({internal[0]})", errors=_field("internal address")
+                f"the host {host} resolves to an internal address ({internal[0]})",
+                errors=_field("internal address", field),
             )
     return CheckedTarget(url, scheme, host, port, addresses)
 
 
-def _field(message: str) -> list[dict[str, str]]:
-    return [{"field": "url", "in": "body", "message": message}]
+def _field(message: str, field: str) -> list[dict[str, str]]:
+    return [{"field": field, "in": "body", "message": message}]

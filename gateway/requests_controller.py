@@ -62,7 +62,7 @@ class RequestsController(Controller):
         """
         await rate_limiter.check(tenant_id)
         if data.callback_url is not None:
-            await check_target(data.callback_url, allow_private=settings.webhook_allow_private)
+            await check_target(data.callback_url, allow_private=settings.webhook_allow_private, field="callback_url")
         key = parse_key(request.headers.get("idempotency-key"), request.method, request.url.path, await request.body())
         if key is None:
             row = await _insert_request(pool, tenant_id, data)

@@ -32,6 +32,8 @@ class Settings:
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     max_body_bytes: int = 1024 * 1024
+    max_json_depth: int = 32
+    cors_origins: tuple[str, ...] = ()
     retry_after_seconds: int = 1
     relay_batch_size: int = 100
     relay_poll_seconds: float = 1.0
@@ -120,6 +122,8 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "http_host": ("ACKFLOW_HOST", str),
     "http_port": ("ACKFLOW_PORT", int),
     "max_body_bytes": ("ACKFLOW_MAX_BODY_BYTES", int),
+    "max_json_depth": ("ACKFLOW_MAX_JSON_DEPTH", int),
+    "cors_origins": ("ACKFLOW_CORS_ORIGINS", _module_list),
     "retry_after_seconds": ("ACKFLOW_RETRY_AFTER_SECONDS", int),
     "relay_batch_size": ("ACKFLOW_RELAY_BATCH_SIZE", int),
     "relay_poll_seconds": ("ACKFLOW_RELAY_POLL_SECONDS", float),

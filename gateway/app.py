@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 from litestar import Litestar, Router
+from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
@@ -99,6 +100,18 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None, redis: R
         exception_handlers=EXCEPTION_HANDLERS,
         request_class=JsonRequest,
         request_max_body_size=settings.max_body_bytes,
+        # Browser apps on other origins may call the API only if the deployment lists them.
+        cors_config=(
+            CORSConfig(
+                allow_origins=list(settings.cors_origins),
+                allow_methods=["GET", "POST", "PATCH", "DELETE"],
+                allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID", "Prefer"],
+                expose_headers=["Location", "Retry-After", "Idempotent-Replayed", "Preference-Applied"],
+                max_age=600,
+            )
+            if settings.cors_origins
+            else None
+        ),
         openapi_config=OpenAPIConfig(
             title="ackflow",
             version="1",

@@ -60,6 +60,7 @@ class RequestsController(Controller):
         (for browsers' EventSource), and nothing else. With an `Idempotency-Key` header, a retry of
         the same request gets the original answer and creates nothing.
         """
+        _check_depth(data.payload, settings.max_json_depth)
         await rate_limiter.check(tenant_id)
         if data.callback_url is not None:
             await check_target(data.callback_url, allow_private=settings.webhook_allow_private, field="callback_url")
@@ -207,3 +208,26 @@ def _preferred_wait(prefer: str | None) -> float | None:
     """The `wait` preference of a `Prefer` header (RFC 7240), capped at the maximum; None if absent."""
     match = _PREFER_WAIT.search(prefer or "")
     return None if match is None else min(float(match[1]), MAX_WAIT_SECONDS)
+
+
+def _check_depth(value: Any, limit: int) -> None:
+    """Refuse payloads nested deeper than `limit` (objects and arrays), before anything is written."""
+    level, current = 1, [value]
+    while current:
+        nested = [v for item in current for v in _children(item)]
+        if nested:
+            level += 1
+            if level > limit:
+                raise InvalidInput(
+                    f"the payload is nested deeper than {limit} levels",
+                    errors=[{"field": "payload", "in": "body", "message": f"nesting deeper than {limit}"}],
+                )
+        current = nested
+
+
+def _children(value: Any) -> list[Any]:
+    if isinstance(value, dict):
+        return [v for v in value.values() if isinstance(v, dict | list)]
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, dict | list)]
+    return []

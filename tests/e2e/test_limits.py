@@ -69,3 +69,35 @@ async def test_a_third_stream_is_refused_while_two_are_open(limited: httpx.Async
     async with limited.stream("GET", url) as after_closing:
         assert after_closing.status_code == 200, "closed streams free their slots"
     await limited.post(f"/v1/requests/{request_id}/cancel")
+
+
+async def test_a_payload_nested_deeper_than_the_limit_is_422_and_writes_nothing(
+    client: httpx.AsyncClient, pool: asyncpg.Pool
+) -> None:
+    deep: dict[str, object] = {}
+    node = deep
+    for _ in range(40):
+        node["x"] = {}
+        node = node["x"]  # type: ignore[assignment]
+    shallow = {"a": [{"b": [1, 2, {"c": 3}]}]}
+
+    refused = await client.post("/v1/requests", json={"kind": "echo", "payload": deep})
+    accepted = await client.post("/v1/requests", json={"kind": "echo", "payload": shallow})
+
+    body = assert_problem(refused, 422, "invalid-input")
+    assert body["errors"][0]["field"] == "payload"
+    assert accepted.status_code == 202
+    assert await pool.fetchval("SELECT count(*) FROM requests") == 1
+
+
+async def test_cors_allows_only_the_configured_origins(
+    settings: Settings, pool: asyncpg.Pool, redis: Redis, temporal: Client, registry: HandlerRegistry, tenant: Tenant
+) -> None:
+    own = replace(settings, cors_origins=("https://app.example.com",))
+    async with running_roles(own, pool, redis, temporal, registry, relay=False, worker=False):
+        async with api_client(own, None) as http:
+            preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
+            allowed = await http.options("/v1/requests", headers={"Origin": "https://app.example.com", **preflight})
+            other = await http.options("/v1/requests", headers={"Origin": "https://evil.example.net", **preflight})
+    assert allowed.status_code == 204 and allowed.headers["access-control-allow-origin"] == "https://app.example.com"
+    assert "access-control-allow-origin" not in other.headers

@@ -8,11 +8,13 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
+import asyncpg
 import httpx
 
 from ackflow import devstack
 from ackflow.roles import run_gateway
 from ackflow.settings import Settings
+from ackflow.tenants import create_tenant
 from tests.conftest import migrate_database
 from tests.helpers import assert_eventually, assert_problem
 
@@ -58,13 +60,25 @@ async def test_postgres_down_makes_the_gateway_unready_naming_postgres(server_di
         server.wait_until_ready()
         url = devstack.postgres_url(port, "postgres")
         await migrate_database(url)
-        own_postgres = replace(settings, database_url=url, connect_timeout_seconds=2)
+        connection = await asyncpg.connect(url)
+        try:
+            key = (await create_tenant(connection, "acme")).key
+        finally:
+            await connection.close()
+        own_postgres = replace(settings, database_url=url, connect_timeout_seconds=2, auth_cache_seconds=60)
         async with gateway(own_postgres) as http:
+            headers = {"Authorization": f"Bearer {key}"}
             assert (await http.get("/health/ready")).status_code == 200
+            assert (await http.get("/v1/requests", headers=headers)).status_code == 200
             server.stop()
             body = assert_problem(await http.get("/health/ready"), 503)
             live = await http.get("/health/live")
+            api = await http.get("/v1/requests", headers=headers)
+            accept = await http.post("/v1/requests", headers=headers, json={"kind": "echo", "payload": {}})
     finally:
         server.stop()
     assert "Postgres" in body["detail"] and body["checks"]["postgres"] == "down"
     assert live.status_code == 200, "liveness does not depend on Postgres"
+    for response in (api, accept):
+        assert_problem(response, 503, "service-unavailable")
+        assert response.headers["retry-after"]

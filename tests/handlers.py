@@ -23,3 +23,9 @@ async def flaky(payload: Any) -> dict[str, Any]:
 async def nul_result(payload: Any) -> dict[str, str]:
     """Returns a string Postgres jsonb cannot store."""
     return {"text": "before\u0000after"}
+
+
+@handler("big_result", timeout=10, max_attempts=3)
+async def big_result(payload: Any) -> dict[str, str]:
+    """Returns more than the 1 MiB a result may be."""
+    return {"blob": "x" * (1024 * 1024 + 1)}

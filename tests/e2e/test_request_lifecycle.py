@@ -160,3 +160,11 @@ async def test_a_result_postgres_cannot_store_fails_the_request_without_retrying
 
     failed = await wait_for_status(client, str(accepted["id"]), {"FAILED"})
     assert failed["error"]["type"] == "InvalidResult" and "NUL" in failed["error"]["message"]
+
+
+async def test_a_result_over_the_size_limit_fails_the_request_with_the_reason(client: httpx.AsyncClient) -> None:
+    accepted = await submit(client, "big_result", {})
+
+    failed = await wait_for_status(client, str(accepted["id"]), {"FAILED"})
+    assert failed["error"]["type"] == "ResultTooLarge" and "limit" in failed["error"]["message"]
+    assert failed["result"] is None

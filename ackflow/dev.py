@@ -143,6 +143,7 @@ def _banner(info: dict[str, Any], kinds: list[str]) -> str:
     return f"""
   ackflow dev is up
     API            {api}
+    Browser page   {api}/   (submit a request and watch it live)
     OpenAPI docs   {api}/schema
     Temporal UI    {info["temporal_ui_url"]}
     API key        {info["api_key"]}
@@ -152,4 +153,5 @@ def _banner(info: dict[str, Any], kinds: list[str]) -> str:
   try:
     curl -si -X POST {api}/v1/requests -H 'Authorization: Bearer {info["api_key"]}' \\
          -H 'Content-Type: application/json' -d '{{"kind": "echo", "payload": {{"hello": "world"}}}}'
+  then watch it live:  curl -N '{api}<links.events from that answer>'
 """

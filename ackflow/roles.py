@@ -24,7 +24,7 @@ from ackflow.settings import Settings
 log = logging.getLogger(__name__)
 
 
-class _QuietServer(uvicorn.Server):
+class SignalFreeServer(uvicorn.Server):
     """uvicorn without its own signal handling: the CLI owns signals and stops every role together."""
 
     @contextlib.contextmanager
@@ -47,7 +47,7 @@ async def run_gateway(
         lifespan="on",
         timeout_graceful_shutdown=3,
     )
-    server = _QuietServer(config)
+    server = SignalFreeServer(config)
     serving = asyncio.create_task(server.serve())
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)

@@ -18,7 +18,7 @@ import uvicorn
 from standardwebhooks import Webhook
 
 from ackflow import devstack
-from ackflow.roles import _QuietServer
+from ackflow.roles import SignalFreeServer
 from tests.helpers import assert_eventually
 
 
@@ -95,7 +95,7 @@ class Receiver:
 async def running_receiver() -> AsyncIterator[Receiver]:
     receiver = Receiver()
     config = uvicorn.Config(receiver, host="127.0.0.1", port=receiver.port, log_level="warning", lifespan="off")
-    server = _QuietServer(config)
+    server = SignalFreeServer(config)
     task = asyncio.create_task(server.serve())
     await assert_eventually(lambda: _started(server), timeout=10, message="receiver did not start")
     try:

@@ -77,7 +77,7 @@ async def run_relay(
     settings: Settings, stop: asyncio.Event, *, pool: asyncpg.Pool, client: Client, redis: Redis
 ) -> None:
     """Relay the outbox until `stop` is set."""
-    from outbox_cdc import OutboxRelay
+    from outbox_cdc import OutboxRelay, WorkflowAdmission
 
     relay = OutboxRelay(
         pool,
@@ -85,6 +85,7 @@ async def run_relay(
         relay_routes(client, redis, settings, pool),
         batch_size=settings.relay_batch_size,
         poll_seconds=settings.relay_poll_seconds,
+        admission=WorkflowAdmission(settings.relay_max_in_flight),
     )
     await relay.run(stop)
 

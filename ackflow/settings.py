@@ -37,6 +37,7 @@ class Settings:
     retry_after_seconds: int = 1
     relay_batch_size: int = 100
     relay_poll_seconds: float = 1.0
+    relay_max_in_flight: int = 200
     auth_cache_seconds: float = 2.0
     capability_ttl_seconds: int = 24 * 3600
     idempotency_ttl_seconds: int = 24 * 3600
@@ -127,6 +128,7 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "retry_after_seconds": ("ACKFLOW_RETRY_AFTER_SECONDS", int),
     "relay_batch_size": ("ACKFLOW_RELAY_BATCH_SIZE", int),
     "relay_poll_seconds": ("ACKFLOW_RELAY_POLL_SECONDS", float),
+    "relay_max_in_flight": ("ACKFLOW_RELAY_MAX_IN_FLIGHT", int),
     "auth_cache_seconds": ("ACKFLOW_AUTH_CACHE_SECONDS", float),
     "capability_ttl_seconds": ("ACKFLOW_CAPABILITY_TTL_SECONDS", int),
     "idempotency_ttl_seconds": ("ACKFLOW_IDEMPOTENCY_TTL_SECONDS", int),

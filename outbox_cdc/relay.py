@@ -20,6 +20,7 @@ from ackflow.aio import wait_for_wake
 from ackflow.db.listen import listen_until_stopped
 from ackflow.db.queries import sql
 from ackflow.events import OutboxEvent, Route
+from outbox_cdc.admission import WorkflowAdmission
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,10 @@ class OutboxRelay:
         batch_size: int = 100,
         poll_seconds: float = 1.0,
         dispatch_timeout: float = 10.0,
+        admission: WorkflowAdmission | None = None,
     ) -> None:
         self._pool = pool
+        self._admission = admission
         self._database_url = database_url
         self._routes = dict(routes)
         self._batch_size = batch_size
@@ -73,19 +76,31 @@ class OutboxRelay:
     async def relay_batch(self) -> int:
         """Claim and dispatch one batch; return how many rows were claimed."""
         async with self._pool.acquire() as connection, connection.transaction():
-            rows = await connection.fetch(sql("claim_outbox"), self._batch_size)
+            rows = await self._claim(connection)
             if not rows:
                 return 0
             events = [OutboxEvent(**dict(row)) for row in rows]
             outcomes = await asyncio.gather(*(self._dispatch(event) for event in events))
-            done = [event.id for event, error in zip(events, outcomes, strict=True) if error is None]
-            if done:
-                await connection.execute(sql("delete_outbox"), done)
+            succeeded = [event for event, error in zip(events, outcomes, strict=True) if error is None]
+            if succeeded:
+                await connection.execute(sql("delete_outbox"), [event.id for event in succeeded])
+            if self._admission is not None:
+                await self._admission.admitted(connection, [e for e in succeeded if e.topic == self._admission.topic])
             for event, error in zip(events, outcomes, strict=True):
                 if error is not None:
                     delay = min(MAX_BACKOFF_SECONDS, 0.5 * 2**event.attempts)
                     await connection.execute(sql("postpone_outbox"), event.id, error[:1000], delay)
             return len(rows)
+
+    async def _claim(self, connection: asyncpg.Connection) -> list[asyncpg.Record]:
+        """A batch of due rows; rows of the admitted topic only as far as there is room in flight."""
+        admitted_topic = self._admission.topic if self._admission is not None else ""
+        rows = list(await connection.fetch(sql("claim_outbox"), self._batch_size, admitted_topic))
+        if self._admission is not None and len(rows) < self._batch_size:
+            room = min(self._batch_size - len(rows), await self._admission.room(connection))
+            if room > 0:
+                rows += await connection.fetch(sql("claim_outbox_topic"), room, admitted_topic)
+        return rows
 
     async def _dispatch(self, event: OutboxEvent) -> str | None:
         """Run the event's route; None on success, else the error to record."""
@@ -98,4 +113,3 @@ class OutboxRelay:
             log.warning("dispatch of outbox row %s (%s) failed: %r", event.id, event.topic, exc)
             return f"{type(exc).__name__}: {exc}"
         return None
-

@@ -87,12 +87,27 @@ SELECT unnest($1::text[]), $2
 ON CONFLICT (kind) DO UPDATE SET task_queue = EXCLUDED.task_queue, registered_at = now();
 
 -- name: claim_outbox
+-- Due rows of every topic but $2 (the admitted one, claimed separately within its room).
 SELECT id, topic, tenant_id, request_id, event_id, payload, attempts
   FROM outbox
- WHERE available_at <= now()
+ WHERE available_at <= now() AND topic <> $2
  ORDER BY id
  LIMIT $1
    FOR UPDATE SKIP LOCKED;
+
+-- name: claim_outbox_topic
+SELECT id, topic, tenant_id, request_id, event_id, payload, attempts
+  FROM outbox
+ WHERE available_at <= now() AND topic = $2
+ ORDER BY id
+ LIMIT $1
+   FOR UPDATE SKIP LOCKED;
+
+-- name: workflows_in_flight
+SELECT count(*) FROM requests WHERE workflow_started_at IS NOT NULL AND completed_at IS NULL;
+
+-- name: mark_workflows_started
+UPDATE requests SET workflow_started_at = coalesce(workflow_started_at, now()) WHERE id = ANY ($1::uuid[]);
 
 -- name: delete_outbox
 DELETE FROM outbox WHERE id = ANY($1::bigint[]);

@@ -188,3 +188,31 @@ async def _all_done(pool: asyncpg.Pool, ids: list[str]) -> bool:
 async def _listening(pool: asyncpg.Pool) -> bool:
     query = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query ILIKE 'LISTEN%'"
     return bool(await pool.fetchval(query))
+
+
+async def test_relay_admits_no_more_workflows_than_its_in_flight_limit_and_the_rest_wait_in_the_outbox(
+    settings: Settings, pool: asyncpg.Pool, redis: Redis, temporal: Client, registry: HandlerRegistry, tenant: Tenant
+) -> None:
+    from outbox_cdc import WorkflowAdmission
+
+    await register_kinds(pool, registry, settings.task_queue)
+    ids = await accept_requests(pool, tenant, 20)
+    relay = OutboxRelay(
+        pool, settings.database_url, relay_routes(temporal, redis, settings, pool),
+        poll_seconds=0.2, admission=WorkflowAdmission(5),
+    )
+    async with relaying(relay):  # no worker yet: nothing finishes, so only 5 may start
+        await assert_eventually(lambda: _started_count(pool, 5), message="the first 5 were not admitted")
+        await asyncio.sleep(1)  # give an over-eager relay the chance to start more
+        assert await _started_count(pool, 5)
+        assert await outbox_size(pool) == 15
+        async with running_roles(settings, pool, redis, temporal, registry, gateway=False, relay=False):
+            await assert_eventually(lambda: _all_done(pool, ids), timeout=60, message="the backlog never drained")
+    for request_id in ids[::5]:
+        assert await executions_of(temporal, request_id) == 1
+
+
+async def _started_count(pool: asyncpg.Pool, expected: int) -> bool:
+    started = await pool.fetchval("SELECT count(*) FROM requests WHERE workflow_started_at IS NOT NULL")
+    assert started <= expected, f"{started} workflows started, more than the {expected} admitted"
+    return bool(started == expected)

@@ -1,0 +1,48 @@
+"""How long and how hard each scenario runs: `--quick` (under 2 minutes in all) or the full run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Rates to step through, step lengths and latency bounds of every scenario."""
+
+    name: str
+    accept_rates: tuple[float, ...]
+    accept_step_seconds: float
+    accept_p99_bound_ms: float
+    half_load_seconds: float
+    e2e_rates: tuple[float, ...]
+    e2e_step_seconds: float
+    e2e_grace_seconds: float
+    e2e_p99_bound_ms: float
+    notify_seconds: float
+
+
+QUICK = Profile(
+    name="quick",
+    accept_rates=(100, 150, 200, 275, 350, 450, 600, 800, 1000, 1300, 1700, 2200, 3000),
+    accept_step_seconds=2.0,
+    accept_p99_bound_ms=100.0,
+    half_load_seconds=3.0,
+    e2e_rates=(5, 10, 15, 20, 25, 30, 40, 50, 60, 80),
+    e2e_step_seconds=3.0,
+    e2e_grace_seconds=2.0,
+    e2e_p99_bound_ms=1000.0,
+    notify_seconds=4.0,
+)
+
+FULL = Profile(
+    name="full",
+    accept_rates=(100, 150, 200, 250, 300, 375, 450, 550, 650, 800, 1000, 1250, 1500, 2000, 2500, 3000, 4000),
+    accept_step_seconds=5.0,
+    accept_p99_bound_ms=100.0,
+    half_load_seconds=10.0,
+    e2e_rates=(5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55, 60, 70, 80),
+    e2e_step_seconds=8.0,
+    e2e_grace_seconds=3.0,
+    e2e_p99_bound_ms=1000.0,
+    notify_seconds=15.0,
+)

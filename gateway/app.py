@@ -16,6 +16,7 @@ from litestar.openapi.plugins import ScalarRenderPlugin
 from redis.asyncio import Redis
 
 from ackflow.db.pool import create_pool
+from ackflow.db.waker import OutboxWaker
 from ackflow.settings import Settings
 from gateway.auth import ApiKeyAuthenticator
 from gateway.bodies import JsonRequest
@@ -62,13 +63,17 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None, redis: R
                 max_per_tenant=settings.max_streams_per_tenant,
             )
             app.state.rate_limiter = AcceptRateLimiter(redis_client, app.state.pool, settings.rate_limit_per_second)
-            revocations = asyncio.create_task(app.state.authenticator.follow_revocations(channels))
+            app.state.outbox_waker = OutboxWaker(app.state.pool)
+            background = [
+                asyncio.create_task(app.state.authenticator.follow_revocations(channels)),
+                asyncio.create_task(app.state.outbox_waker.run()),
+            ]
             try:
                 yield
             finally:
-                revocations.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await revocations
+                for task in background:
+                    task.cancel()
+                await asyncio.gather(*background, return_exceptions=True)
         finally:
             if own_redis:
                 await redis_client.aclose()
@@ -96,6 +101,7 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None, redis: R
             "streams": Provide(_streams, sync_to_thread=False),
             "capability_tokens": Provide(_capability_tokens, sync_to_thread=False),
             "rate_limiter": Provide(_rate_limiter, sync_to_thread=False),
+            "outbox_waker": Provide(_outbox_waker, sync_to_thread=False),
         },
         exception_handlers=EXCEPTION_HANDLERS,
         request_class=JsonRequest,
@@ -154,3 +160,8 @@ def _capability_tokens(state: State) -> CapabilityTokens:
 def _rate_limiter(state: State) -> AcceptRateLimiter:
     limiter: AcceptRateLimiter = state.rate_limiter
     return limiter
+
+
+def _outbox_waker(state: State) -> OutboxWaker:
+    waker: OutboxWaker = state.outbox_waker
+    return waker

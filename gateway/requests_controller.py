@@ -16,6 +16,7 @@ from ackflow.contracts import ALL_STATUSES, CANCELLED, INIT, TERMINAL_STATUSES
 from ackflow.db.accept import accept_request
 from ackflow.db.queries import sql
 from ackflow.db.transitions import transition
+from ackflow.db.waker import OutboxWaker
 from ackflow.errors import Conflict, InvalidInput, NotFound, UnknownKind
 from ackflow.handlers import KIND_PATTERN
 from ackflow.ids import new_request_id
@@ -53,6 +54,7 @@ class RequestsController(Controller):
         settings: NamedDependency[Settings],
         capability_tokens: NamedDependency[CapabilityTokens],
         rate_limiter: NamedDependency[AcceptRateLimiter],
+        outbox_waker: NamedDependency[OutboxWaker],
     ) -> Response[Any]:
         """Commit the request (status INIT) with its outbox event in one statement, and answer at once.
 
@@ -67,6 +69,7 @@ class RequestsController(Controller):
         key = parse_key(request.headers.get("idempotency-key"), request.method, request.url.path, await request.body())
         if key is None:
             row = await _insert_request(pool, tenant_id, data)
+            outbox_waker.wake()
             return _accepted(_accepted_body(row, tenant_id, capability_tokens), settings)
         async with claim_key(pool, tenant_id, key, ttl_seconds=settings.idempotency_ttl_seconds) as claim:
             if claim.replay is not None:
@@ -76,6 +79,7 @@ class RequestsController(Controller):
             row = await _insert_request(claim.connection, tenant_id, data)
             body = _accepted_body(row, tenant_id, capability_tokens)
             await claim.remember(row["id"], 202, body)
+        outbox_waker.wake()
         return _accepted(body, settings)
 
     @get("/{request_id:uuid}", summary="Get a request's status and result (long poll with ?wait=N)")

@@ -14,6 +14,7 @@ from temporalio.client import Client
 
 from ackflow.contracts import TOPIC_ACCEPTED, workflow_id_for
 from ackflow.db.accept import accept_request
+from ackflow.db.waker import OutboxWaker
 from ackflow.events import OutboxEvent, Route
 from ackflow.handlers import HandlerRegistry
 from ackflow.ids import new_request_id
@@ -157,6 +158,7 @@ async def test_relay_wakes_on_notify_long_before_its_poll_interval(
         await asyncio.sleep(0)  # let it claim nothing and go to sleep on LISTEN
         await assert_eventually(lambda: _listening(pool), message="relay never issued LISTEN")
         await accept_requests(pool, tenant, 3)
+        await OutboxWaker(pool).wake_now()  # what the gateway does after each accept commits
         await assert_eventually(lambda: _no_outbox(pool), timeout=10, message="NOTIFY did not wake the relay")
 
 

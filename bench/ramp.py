@@ -2,8 +2,9 @@
 
 A step is sustainable when the target answered at least 95 % of the offered rate, failed fewer than
 1 % of requests, and kept p99 latency under a bound. The highest sustainable step is the target's
-max; the ramp stops at the first step that is not. Two targets ramp interleaved (A at r, B at r,
-A at the next r, ...) so that drift on a shared machine hits both alike.
+max; the ramp stops at the first step that fails twice in a row (one retry, because a single
+stall of a shared machine would otherwise decide the whole ramp). Two targets ramp interleaved
+(A at r, B at r, A at the next r, ...) so that drift on a shared machine hits both alike.
 """
 
 from __future__ import annotations
@@ -53,16 +54,19 @@ async def ramp_interleaved(
             ramp = ramps[name]
             if ramp.broke:
                 continue
-            step = await run(rate)
-            ok = sustainable(step, p99_bound_ms)
-            ramp.steps.append(step)
-            ramp.verdicts.append(ok)
-            lat = step.latency()
-            log(
-                f"  {name:>8} @ {rate:>6.0f}/s: achieved {step.achieved_rate:7.1f}/s, p50 {lat.p50} ms, "
-                f"p99 {lat.p99} ms, errors {step.errors}, generator lag p99 {step.lag().p99} ms -> "
-                f"{'ok' if ok else 'BROKE'}"
-            )
+            for _attempt in range(2):  # a step that breaks gets one retry before it counts
+                step = await run(rate)
+                ok = sustainable(step, p99_bound_ms)
+                ramp.steps.append(step)
+                ramp.verdicts.append(ok)
+                lat = step.latency()
+                log(
+                    f"  {name:>8} @ {rate:>6.0f}/s: achieved {step.achieved_rate:7.1f}/s, p50 {lat.p50} ms, "
+                    f"p99 {lat.p99} ms, errors {step.errors}, generator lag p99 {step.lag().p99} ms -> "
+                    f"{'ok' if ok else 'BROKE'}"
+                )
+                if ok:
+                    break
             if ok:
                 ramp.max_rate = rate
             else:

@@ -31,6 +31,17 @@ async def _init_connection(connection: asyncpg.Connection) -> None:
         )
 
 
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """Release a connection to the pool without asyncpg's default reset query.
+
+    The default (`pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`) costs one more round
+    trip on every release, which the profile showed on the accept path. ackflow never leaves session
+    state on pooled connections: no SET, no LISTEN (the relays listen on their own connections),
+    no session advisory locks (migrations lock on their own connection; idempotency uses
+    transaction-scoped locks). asyncpg still rolls back an unfinished transaction before this runs.
+    """
+
+
 async def create_pool(database_url: str, *, size: int = 10, timeout: float = 10.0) -> asyncpg.Pool:
     """Open a pool to `database_url`, or raise ServiceUnavailable naming DATABASE_URL and the address."""
     try:
@@ -40,6 +51,7 @@ async def create_pool(database_url: str, *, size: int = 10, timeout: float = 10.
                 min_size=1,
                 max_size=size,
                 init=_init_connection,
+                reset=_keep_session,
                 command_timeout=timeout,
                 timeout=timeout,
             ),

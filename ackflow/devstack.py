@@ -83,6 +83,7 @@ class ServerProcess:
     stop_signal: int = signal.SIGTERM
     user: str | None = None
     ready: Callable[[], bool] = lambda: True
+    env: dict[str, str] | None = None  # added to this process's environment
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     def start(self) -> None:
@@ -93,6 +94,7 @@ class ServerProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                env={**os.environ, **self.env} if self.env else None,
                 preexec_fn=_die_with_parent,
                 **_as_user(self.user),
             )

@@ -8,13 +8,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
 import uvicorn
 
 from ackflow import devstack
+from ackflow.roles import SignalFreeServer
 
 
 class Receiver:
@@ -44,20 +45,12 @@ class Receiver:
         await send({"type": "http.response.body", "body": b"ok"})
 
 
-class _QuietServer(uvicorn.Server):
-    """uvicorn without its own signal handling: the benchmark's Ctrl-C stops everything."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 @contextlib.asynccontextmanager
 async def running_receiver() -> AsyncIterator[Receiver]:
     """Serve a Receiver on a free loopback port for the duration of the block."""
     receiver = Receiver()
     config = uvicorn.Config(receiver, host=devstack.LOOPBACK, port=receiver.port, log_level="warning", lifespan="off")
-    server = _QuietServer(config)
+    server = SignalFreeServer(config)
     task = asyncio.create_task(server.serve())
     for _ in range(200):  # up to 10 s
         if server.started:

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,25 +31,6 @@ from bench.bare_app import TABLE_DDL
 TASK_QUEUE = "ackflow-bench"
 RAW_TASK_QUEUE = "raw-bench"
 HANDLERS = "activities.examples"
-
-
-@dataclass
-class RoleProcess(devstack.ServerProcess):
-    """A server process started with its own environment variables."""
-
-    env: dict[str, str] = field(default_factory=dict)
-
-    def start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                list(self.argv),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env={**os.environ, **self.env},
-                preexec_fn=devstack._die_with_parent,
-            )
 
 
 @dataclass
@@ -91,7 +70,7 @@ class Stack:
 
     def start(self, name: str, argv: list[str], env: dict[str, str], ready: Callable[[], bool]) -> None:
         """Start a named subprocess and wait until `ready` says it serves."""
-        process = RoleProcess(name, argv, self.root / "logs" / f"{name}.log", ready=ready, env=env)
+        process = devstack.ServerProcess(name, argv, self.root / "logs" / f"{name}.log", ready=ready, env=env)
         process.start()
         self.processes[name] = process
         process.wait_until_ready()

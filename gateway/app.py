@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import asyncpg
 from litestar import Litestar, Router
@@ -23,7 +24,7 @@ from gateway.bodies import JsonRequest
 from gateway.capabilities import CapabilityTokens, load_signing_key
 from gateway.deliveries_controller import DeliveriesController
 from gateway.health import HealthController
-from gateway.hub import ResilientPubSubBackend, create_channels
+from gateway.hub import create_channels
 from gateway.page import index_page, static_asset
 from gateway.problems import EXCEPTION_HANDLERS, not_found_page_as_problem
 from gateway.rate_limit import AcceptRateLimiter
@@ -31,6 +32,9 @@ from gateway.requests_controller import RequestsController
 from gateway.streams import Streams
 from gateway.streams_controller import RequestStreamsController, TenantStreamsController
 from gateway.webhooks_controller import WebhooksController
+
+# What the lifespan builds and the handlers ask for by name (each is a `NamedDependency`).
+STATE_DEPENDENCIES = ("pool", "redis", "hub", "streams", "capability_tokens", "rate_limiter", "outbox_waker")
 
 
 def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None, redis: Redis | None = None) -> Litestar:
@@ -95,13 +99,7 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None, redis: R
         plugins=[channels],
         dependencies={
             "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
-            "pool": Provide(_pool, sync_to_thread=False),
-            "redis": Provide(_redis, sync_to_thread=False),
-            "hub": Provide(_hub, sync_to_thread=False),
-            "streams": Provide(_streams, sync_to_thread=False),
-            "capability_tokens": Provide(_capability_tokens, sync_to_thread=False),
-            "rate_limiter": Provide(_rate_limiter, sync_to_thread=False),
-            "outbox_waker": Provide(_outbox_waker, sync_to_thread=False),
+            **{name: Provide(_from_state(name), sync_to_thread=False) for name in STATE_DEPENDENCIES},
         },
         exception_handlers=EXCEPTION_HANDLERS,
         request_class=JsonRequest,
@@ -132,36 +130,11 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None, redis: R
     )
 
 
-def _pool(state: State) -> asyncpg.Pool:
-    pool: asyncpg.Pool = state.pool
-    return pool
 
+def _from_state(name: str) -> Callable[[State], Any]:
+    """A dependency that hands out what the lifespan put in `app.state` under `name`."""
 
-def _redis(state: State) -> Redis:
-    redis: Redis = state.redis
-    return redis
+    def provide(state: State) -> Any:
+        return state[name]
 
-
-def _hub(state: State) -> ResilientPubSubBackend:
-    hub: ResilientPubSubBackend = state.hub
-    return hub
-
-
-def _streams(state: State) -> Streams:
-    streams: Streams = state.streams
-    return streams
-
-
-def _capability_tokens(state: State) -> CapabilityTokens:
-    tokens: CapabilityTokens = state.capability_tokens
-    return tokens
-
-
-def _rate_limiter(state: State) -> AcceptRateLimiter:
-    limiter: AcceptRateLimiter = state.rate_limiter
-    return limiter
-
-
-def _outbox_waker(state: State) -> OutboxWaker:
-    waker: OutboxWaker = state.outbox_waker
-    return waker
+    return provide

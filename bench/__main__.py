@@ -1,8 +1,6 @@
 """`python -m bench [--quick] [--out bench/results]`: start a stack, run every scenario, write results.
 
-Order matters and is fixed: accept first, with the relay stopped (so the accept ramp measures only
-the accept path and does not flood Temporal), its rows cleared; then the relay starts for end to
-end; then notification latency at half of the sustained end-to-end rate.
+Scenarios run in the fixed order of SCENARIOS on one stack; `--only NAME` picks some of them.
 """
 
 from __future__ import annotations
@@ -12,6 +10,7 @@ import asyncio
 import os
 import platform
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from bench.end_to_end import measure_end_to_end
 from bench.notify import measure_notifications
 from bench.profile import FULL, QUICK, Profile
 from bench.report import markdown, write_results
-from bench.stack import running_stack
+from bench.stack import Stack, running_stack
 
 DEFAULT_NOTIFY_RATE = 10.0
 
@@ -31,19 +30,53 @@ def log(message: str) -> None:
     print(message, flush=True)
 
 
-async def run(profile: Profile) -> dict[str, Any]:
-    """Every scenario against one freshly started stack."""
+# One scenario: measures against the running stack; may read what earlier scenarios found.
+Results = dict[str, Any]
+Log = Callable[[str], None]
+Scenario = Callable[[Stack, Profile, Results, Log], Awaitable[Results]]
+
+
+async def _accept(stack: Stack, profile: Profile, results: Results, log: Log) -> Results:
+    """Accept vs bare INSERT, with the relay stopped; its rows are cleared afterwards."""
+    stack.stop("relay")
+    try:
+        return await measure_accept(stack, profile, log)
+    finally:
+        await clear_accepted(stack.database_url)
+
+
+async def _end_to_end(stack: Stack, profile: Profile, results: Results, log: Log) -> Results:
+    stack.ensure_role("relay")
+    return await measure_end_to_end(stack, profile, log)
+
+
+async def _notify(stack: Stack, profile: Profile, results: Results, log: Log) -> Results:
+    """At half of the sustained end-to-end rate found earlier in the run (or a default)."""
+    stack.ensure_role("relay")
+    sustained = results.get("end_to_end", {}).get("ackflow", {}).get("max_rate")
+    rate = sustained / 2 if sustained else DEFAULT_NOTIFY_RATE
+    return await measure_notifications(stack, rate, profile.notify_seconds, log)
+
+
+# In running order: accept first (relay stopped, so the ramp does not flood Temporal); notification
+# after end to end, whose sustained rate it is measured at.
+SCENARIOS: dict[str, Scenario] = {
+    "accept": _accept,
+    "end_to_end": _end_to_end,
+    "notify": _notify,
+}
+
+
+async def run(profile: Profile, only: list[str]) -> dict[str, Any]:
+    """The chosen scenarios (all by default), in order, against one freshly started stack."""
     results: dict[str, Any] = {}
     async with running_stack() as stack:
-        log(f"stack up (logs in {stack.root / 'logs'}); accept vs bare INSERT:")
-        results["accept"] = await measure_accept(stack, profile, log)
-        await clear_accepted(stack.database_url)
-        log("end to end vs raw Temporal:")
-        results["end_to_end"] = await measure_end_to_end(stack, profile, log)
-        sustained = results["end_to_end"]["ackflow"]["max_rate"]
-        rate = sustained / 2 if sustained else DEFAULT_NOTIFY_RATE
-        log("notification latency:")
-        results["notify"] = await measure_notifications(stack, rate, profile.notify_seconds, log)
+        log(f"stack up (logs in {stack.root / 'logs'})")
+        for name, scenario in SCENARIOS.items():
+            if only and name not in only:
+                continue
+            log(f"{name.replace('_', ' ')}:")
+            results[name] = await scenario(stack, profile, results, log)
     return results
 
 
@@ -51,11 +84,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short steps: the whole run in under 2 minutes")
     parser.add_argument("--out", type=Path, default=Path("bench/results"), help="where results go")
+    parser.add_argument(
+        "--only", action="append", choices=list(SCENARIOS), default=[], help="run just this scenario (repeatable)"
+    )
     args = parser.parse_args(argv)
     profile = QUICK if args.quick else FULL
     started = datetime.now(UTC)
     clock = time.monotonic()
-    results = asyncio.run(run(profile))
+    results = asyncio.run(run(profile, args.only))
     results["meta"] = {
         "started": started.strftime("%Y-%m-%d %H:%M UTC"),
         "profile": profile.name,

@@ -128,7 +128,6 @@ async def measure_end_to_end(stack: Stack, profile: Profile, log: Callable[[str]
     """Ramp raw Temporal and ackflow side by side; the ratio of their sustained rates."""
     raw_worker = [sys.executable, "-m", "bench.raw_temporal", stack.temporal_address, RAW_TASK_QUEUE]
     stack.start("raw-worker", raw_worker, {}, lambda: True)
-    stack.start_role("relay")
     client = await Client.connect(stack.temporal_address)
     pool = await asyncpg.create_pool(stack.database_url, min_size=1, max_size=4)
     try:

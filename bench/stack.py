@@ -75,10 +75,17 @@ class Stack:
         self.processes[name] = process
         process.wait_until_ready()
 
-    def start_role(self, role: str) -> None:
-        """`ackflow gateway|relay|worker` as a subprocess."""
+    def start_role(self, role: str, env: dict[str, str] | None = None) -> None:
+        """`ackflow gateway|relay|worker` as a subprocess, with `env` on top of role_env."""
         ready = (lambda: devstack.port_open(self.gateway_port)) if role == "gateway" else (lambda: True)
-        self.start(role, [str(devstack.find_venv_binary("ackflow")), role], self.role_env(), ready)
+        self.start(role, [str(devstack.find_venv_binary("ackflow")), role], self.role_env() | (env or {}), ready)
+
+    def ensure_role(self, role: str, env: dict[str, str] | None = None) -> None:
+        """Start the role unless it runs already (with `env` on top of role_env, restarting it if given)."""
+        if env is not None:
+            self.stop(role)
+        if role not in self.processes:
+            self.start_role(role, env)
 
     def stop(self, name: str) -> None:
         process = self.processes.pop(name, None)

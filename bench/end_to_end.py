@@ -21,6 +21,7 @@ import asyncpg
 from temporalio.client import Client
 
 from bench.accept import client_pool, poster
+from bench.cpu import cpu_seconds, cpu_spent
 from bench.loadgen import Send, Step, run_open_loop
 from bench.profile import Profile
 from bench.ramp import ramp_interleaved
@@ -96,8 +97,12 @@ class RawTemporalTarget:
         return len(self._started - self._closed.keys())
 
 
-async def run_step(target: Target, rate: float, profile: Profile) -> Step:
-    """Send at `rate`, wait the grace, and turn each sample's latency into due -> completed."""
+async def run_step(target: Target, rate: float, profile: Profile, pids: dict[str, int] | None = None) -> Step:
+    """Send at `rate`, wait the grace, and turn each sample's latency into due -> completed.
+
+    With `pids`, the step also records each process's CPU from the first send until all drained.
+    """
+    cpu_before = cpu_seconds(pids or {})
     step = await run_open_loop(target.send, rate, profile.e2e_step_seconds)
     idents = [s.ident for s in step.ok if s.ident]
     deadline = time.monotonic() + profile.e2e_grace_seconds
@@ -112,6 +117,7 @@ async def run_step(target: Target, rate: float, profile: Profile) -> Step:
     finished = [s.due_wall + s.latency for s in step.ok]
     step.elapsed = (max(finished) - min(s.due_wall for s in step.samples)) if finished else step.duration
     await drain(target)
+    step.cpu = cpu_spent(cpu_before, cpu_seconds(pids or {}))
     return step
 
 
@@ -139,8 +145,9 @@ async def measure_end_to_end(stack: Stack, profile: Profile, log: Callable[[str]
             for target in targets.values():  # warm up: first workflow tasks, caches, connections
                 await run_open_loop(target.send, 5, 1.0)
                 await drain(target)
+            pids = stack.pids()
             ramps = await ramp_interleaved(
-                {name: _stepper(target, profile) for name, target in targets.items()},
+                {name: _stepper(target, profile, pids) for name, target in targets.items()},
                 profile.e2e_rates,
                 profile.e2e_p99_bound_ms,
                 log=log,
@@ -154,14 +161,25 @@ async def measure_end_to_end(stack: Stack, profile: Profile, log: Callable[[str]
             "max_rate": ramp.max_rate,
             "capped_by_ramp": not ramp.broke,
             "steps": [s.summary() | {"sustainable": ok} for s, ok in zip(ramp.steps, ramp.verdicts, strict=True)],
+            "cpu_ms_per_request": cpu_per_request([s for s, ok in zip(ramp.steps, ramp.verdicts, strict=True) if ok]),
         }
     raw_max = result["temporal"]["max_rate"]
     result["ratio"] = round(result["ackflow"]["max_rate"] / raw_max, 3) if raw_max else None
     return result
 
 
-def _stepper(target: Target, profile: Profile) -> Callable[[float], Any]:
+def cpu_per_request(steps: list[Step]) -> dict[str, float]:
+    """Each process's CPU milliseconds per completed request over all the given steps together."""
+    done = sum(len(step.ok) for step in steps)
+    totals: dict[str, float] = {}
+    for step in steps:
+        for name, seconds in step.cpu.items():
+            totals[name] = totals.get(name, 0.0) + seconds
+    return {name: round(seconds * 1000 / done, 2) for name, seconds in sorted(totals.items())} if done else {}
+
+
+def _stepper(target: Target, profile: Profile, pids: dict[str, int]) -> Callable[[float], Any]:
     async def run(rate: float) -> Step:
-        return await run_step(target, rate, profile)
+        return await run_step(target, rate, profile, pids)
 
     return run

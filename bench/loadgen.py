@@ -41,6 +41,7 @@ class Step:
     samples: list[Sample] = field(default_factory=list)
     elapsed: float = 0.0  # from the first due time to the last answer
     dropped: int = 0  # not sent because too many were already in flight
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds per process over the step, if measured
 
     @property
     def ok(self) -> list[Sample]:
@@ -61,6 +62,11 @@ class Step:
     def lag(self) -> Percentiles:
         return percentiles([s.lag for s in self.samples])
 
+    def cpu_ms_per_request(self) -> dict[str, float]:
+        """Each process's CPU over the step, in milliseconds per successful request."""
+        done = len(self.ok)
+        return {name: round(seconds * 1000 / done, 2) for name, seconds in self.cpu.items()} if done else {}
+
     def summary(self) -> dict[str, Any]:
         """What the results file keeps of a step (not every sample)."""
         return {
@@ -71,7 +77,7 @@ class Step:
             "errors": self.errors,
             "latency_ms": self.latency().as_dict(),
             "generator_lag_ms": self.lag().as_dict(),
-        }
+        } | ({"cpu_ms_per_request": self.cpu_ms_per_request()} if self.cpu else {})
 
 
 async def run_open_loop(

@@ -25,7 +25,7 @@ async def noop(value: str) -> str:
     return value
 
 
-@workflow.defn(name=WORKFLOW_NAME)
+@workflow.defn(name=WORKFLOW_NAME, sandboxed=False)  # like ProcessRequestWorkflow: compare like with like
 class NoopWorkflow:
     """Runs the no-op activity once."""
 

@@ -45,6 +45,7 @@ class Stack:
     bare_port: int
     api_key: str = ""
     processes: dict[str, devstack.ServerProcess] = field(default_factory=dict)
+    servers: dict[str, devstack.ServerProcess] = field(default_factory=dict)  # Postgres, Redis, Temporal
 
     @property
     def gateway_url(self) -> str:
@@ -65,6 +66,7 @@ class Stack:
             "ACKFLOW_PORT": str(self.gateway_port),
             "ACKFLOW_RATE_LIMIT_PER_SECOND": "1000000",  # measure the path, not the tenant's quota
             "ACKFLOW_WEBHOOK_ALLOW_PRIVATE": "true",  # the webhook receiver listens on loopback
+            "ACKFLOW_MAX_STREAMS_PER_TENANT": "100000",  # fan-out holds 10,000 streams of one tenant
             "ACKFLOW_LOG_LEVEL": "WARNING",
         }
 
@@ -86,6 +88,17 @@ class Stack:
             self.stop(role)
         if role not in self.processes:
             self.start_role(role, env)
+
+    def pid(self, name: str) -> int:
+        """The process id of a running subprocess (to read its memory from /proc, or to profile it)."""
+        process = (self.processes.get(name) or self.servers[name]).process
+        assert process is not None, f"{name} was never started"
+        return process.pid
+
+    def pids(self) -> dict[str, int]:
+        """name -> pid of every server and role running now."""
+        running = self.servers | self.processes
+        return {name: p.process.pid for name, p in running.items() if p.process and p.process.poll() is None}
 
     def stop(self, name: str) -> None:
         process = self.processes.pop(name, None)
@@ -132,6 +145,7 @@ async def running_stack() -> AsyncIterator[Stack]:
         ports["gateway"],
         ports["bare"],
     )
+    stack.servers = {server.name.split()[0].lower(): server for server in servers}
     try:
         stack.api_key = await _prepare_database(stack.database_url)
         stack.start_role("worker")

@@ -44,15 +44,6 @@ def workflow_id_for(request_id: str) -> str:
 
 
 @dataclass
-class ProcessRequestInput:
-    """What the relay gives ProcessRequestWorkflow: enough to find the request, nothing that can go stale."""
-
-    request_id: str
-    tenant_id: str
-    kind: str
-
-
-@dataclass
 class HandlerOptions:
     """How the handler activity is scheduled; recorded in history so replays see the same values."""
 
@@ -61,6 +52,20 @@ class HandlerOptions:
     max_attempts: int = 5
     initial_retry_seconds: float = 1.0
     max_retry_seconds: float = 60.0
+
+
+@dataclass
+class ProcessRequestInput:
+    """What the relay gives ProcessRequestWorkflow: enough to find the request, nothing that can go stale.
+
+    `handler`: the kind's options as registered when the request was accepted. None for requests
+    accepted before kinds registered their options (their workflow asks a worker for them).
+    """
+
+    request_id: str
+    tenant_id: str
+    kind: str
+    handler: HandlerOptions | None = None
 
 
 @dataclass
@@ -85,7 +90,10 @@ class RunHandlerInput:
 
 @dataclass
 class RunHandlerOutput:
+    """`status`: the request's status after the attempt: DONE, or the end that kept the handler from running."""
+
     result: Any
+    status: str | None = None
 
 
 @dataclass

@@ -65,6 +65,9 @@ class HandlerRegistry:
     def kinds(self) -> list[str]:
         return sorted(self._handlers)
 
+    def handlers(self) -> list[Handler]:
+        return [self._handlers[kind] for kind in self.kinds()]
+
 
 registry = HandlerRegistry()
 

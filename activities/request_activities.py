@@ -51,15 +51,19 @@ class RequestActivities:
 
     @activity.defn(name="run_handler")
     async def run_handler(self, run: RunHandlerInput) -> RunHandlerOutput:
-        """Run the kind's handler on the payload and record DONE with its result in one transaction."""
+        """INIT -> PROCESSING, run the kind's handler on the payload, record DONE with its result.
+
+        A request that already ended (cancelled before its handler started) is left alone.
+        """
         handler = self._registry.get(run.kind)
         if handler is None:
             raise ApplicationError(
                 f"no handler for kind {run.kind!r} on this worker", type="UnknownKind", non_retryable=True
             )
+        await transition(self._pool, run.request_id, PROCESSING, (INIT,))  # a no-op on retries: PROCESSING already
         row = await self._pool.fetchrow("SELECT status, payload FROM requests WHERE id = $1", uuid.UUID(run.request_id))
         if row is None or row["status"] != PROCESSING:
-            return RunHandlerOutput(result=None)  # cancelled meanwhile: nothing to do, nothing to record
+            return RunHandlerOutput(result=None, status=row and row["status"])  # ended meanwhile: nothing to do
         try:
             result = await handler.function(row["payload"])
         except PermanentError as exc:
@@ -75,7 +79,7 @@ class RequestActivities:
             ) from None
         if not recorded:
             log.info("request %s ended before its handler finished; result dropped", run.request_id)
-        return RunHandlerOutput(result=None)
+        return RunHandlerOutput(result=None, status=DONE if recorded else await self._status(run.request_id))
 
     @activity.defn(name="finish_request")
     async def finish_request(self, finish: FinishInput) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -26,8 +27,9 @@ log = logging.getLogger(__name__)
 
 
 async def register_kinds(pool: asyncpg.Pool, registry: HandlerRegistry, task_queue: str) -> None:
-    """Tell the gateways which kinds exist, and on which task queue they run."""
-    await pool.execute(sql("register_handler_kinds"), registry.kinds(), task_queue)
+    """Tell the gateways which kinds exist, on which task queue they run, and how to schedule them."""
+    options = {handler.kind: dataclasses.asdict(handler.options) for handler in registry.handlers()}
+    await pool.execute(sql("register_handler_kinds"), registry.kinds(), task_queue, options)
 
 
 @contextlib.asynccontextmanager

@@ -2,6 +2,6 @@
 
 from outbox_cdc.admission import WorkflowAdmission
 from outbox_cdc.relay import OutboxRelay
-from outbox_cdc.temporal_dispatch import TemporalDispatcher
+from outbox_cdc.temporal_dispatch import TemporalDispatcher, process_request_input
 
-__all__ = ["OutboxRelay", "TemporalDispatcher", "WorkflowAdmission"]
+__all__ = ["OutboxRelay", "TemporalDispatcher", "WorkflowAdmission", "process_request_input"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+import msgspec
 from temporalio.client import Client
 from temporalio.common import (
     SearchAttributePair,
@@ -19,11 +20,22 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from ackflow.contracts import PROCESS_REQUEST_WORKFLOW, ProcessRequestInput, workflow_id_for
+from ackflow.contracts import PROCESS_REQUEST_WORKFLOW, HandlerOptions, ProcessRequestInput, workflow_id_for
 from ackflow.events import OutboxEvent
 from ackflow.temporal import KIND_KEY, TENANT_KEY
 
 log = logging.getLogger(__name__)
+
+
+def process_request_input(event: OutboxEvent) -> ProcessRequestInput:
+    """The workflow's input from a `request.accepted` row, with the handler options copied at accept."""
+    options = event.payload.get("handler")  # {} or absent: the kind had not registered its options
+    return ProcessRequestInput(
+        str(event.request_id),
+        str(event.tenant_id),
+        str(event.payload["kind"]),
+        msgspec.convert(options, HandlerOptions) if options else None,
+    )
 
 
 class TemporalDispatcher:
@@ -39,7 +51,7 @@ class TemporalDispatcher:
         try:
             await self._client.start_workflow(
                 PROCESS_REQUEST_WORKFLOW,
-                ProcessRequestInput(str(event.request_id), str(event.tenant_id), kind),
+                process_request_input(event),
                 id=workflow_id_for(str(event.request_id)),
                 task_queue=str(event.payload.get("task_queue") or self._default_task_queue),
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,

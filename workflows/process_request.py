@@ -1,9 +1,13 @@
 """ProcessRequestWorkflow: moves one request INIT -> PROCESSING -> DONE | FAILED | CANCELLED.
 
-Each status change is one activity doing one Postgres transaction. The two bookkeeping steps are
-local activities (no extra round trip through the Temporal server); the user's handler is a
-regular activity, so it gets its own timeout, retries and heartbeats, and records DONE itself in
-the same attempt that produced the result (the result never has to travel through history).
+The whole happy path is one activity, as cheap as Temporal gets: the handler activity records
+PROCESSING, runs the user's handler with its own timeout, retries and heartbeats, and records DONE
+in the same attempt that produced the result (the result never travels through history). Its
+scheduling options arrive in the input (copied from the kind's registration at accept). Only an
+ending other than DONE takes one more step: a local activity recording FAILED or CANCELLED.
+Workflows whose input has no options (accepted before kinds registered them) first ask a worker
+for them with the `start_processing` local activity, as every run did before; replays of their
+histories take that same branch.
 """
 
 from __future__ import annotations
@@ -46,17 +50,20 @@ class ProcessRequestWorkflow:
 
     @workflow.run
     async def run(self, request: ProcessRequestInput) -> str:
-        started = await workflow.execute_local_activity(
-            "start_processing",
-            StartProcessingInput(request.request_id, request.kind),
-            result_type=StartProcessingOutput,
-            start_to_close_timeout=BOOKKEEPING_TIMEOUT,
-            retry_policy=BOOKKEEPING_RETRY,
-        )
-        if not started.proceed:
-            return "already finished"
+        handler = request.handler
+        if handler is None:  # accepted before its kind registered options: a worker knows them
+            started = await workflow.execute_local_activity(
+                "start_processing",
+                StartProcessingInput(request.request_id, request.kind),
+                result_type=StartProcessingOutput,
+                start_to_close_timeout=BOOKKEEPING_TIMEOUT,
+                retry_policy=BOOKKEEPING_RETRY,
+            )
+            if not started.proceed:
+                return "already finished"
+            handler = started.handler
         try:
-            await self._run_handler(request, started.handler)
+            outcome = await self._run_handler(request, handler)
         except (asyncio.CancelledError, CancelledError):
             await self._finish(FinishInput(request.request_id, CANCELLED))
             raise
@@ -66,10 +73,10 @@ class ProcessRequestWorkflow:
                 raise
             await self._finish(FinishInput(request.request_id, FAILED, error=describe_failure(failure)))
             return FAILED
-        return DONE
+        return outcome.status or DONE
 
-    async def _run_handler(self, request: ProcessRequestInput, options: HandlerOptions) -> None:
-        await workflow.execute_activity(
+    async def _run_handler(self, request: ProcessRequestInput, options: HandlerOptions) -> RunHandlerOutput:
+        output: RunHandlerOutput = await workflow.execute_activity(
             "run_handler",
             RunHandlerInput(request.request_id, request.kind),
             result_type=RunHandlerOutput,
@@ -81,6 +88,7 @@ class ProcessRequestWorkflow:
                 maximum_attempts=options.max_attempts,
             ),
         )
+        return output
 
     async def _finish(self, finish: FinishInput) -> None:
         await workflow.execute_local_activity(

@@ -4,7 +4,7 @@
 -- The whole accept path in one statement: the request, its first event and its outbox row,
 -- only if a worker has registered the kind (no row back means an unknown kind).
 WITH handler AS (
-    SELECT task_queue FROM handler_kinds WHERE kind = $3
+    SELECT task_queue, options FROM handler_kinds WHERE kind = $3
 ), request AS (
     INSERT INTO requests (id, tenant_id, kind, status, version, payload, callback_url, callback_events)
     SELECT $1, $2, $3, 'INIT', 1, $4::jsonb, $5, $6 FROM handler
@@ -16,7 +16,7 @@ WITH handler AS (
 ), outbox_row AS (
     INSERT INTO outbox (topic, tenant_id, request_id, event_id, payload)
     SELECT 'request.accepted', r.tenant_id, r.id, e.id,
-           jsonb_build_object('kind', r.kind, 'task_queue', h.task_queue)
+           jsonb_build_object('kind', r.kind, 'task_queue', h.task_queue, 'handler', h.options)
     FROM request r, event e, handler h
 )
 SELECT id, kind, status, version, created_at FROM request;
@@ -82,9 +82,11 @@ SELECT id FROM tenants WHERE name = $1;
 INSERT INTO api_keys (id, tenant_id, prefix, key_hash) VALUES ($1, $2, $3, $4);
 
 -- name: register_handler_kinds
-INSERT INTO handler_kinds (kind, task_queue)
-SELECT unnest($1::text[]), $2
-ON CONFLICT (kind) DO UPDATE SET task_queue = EXCLUDED.task_queue, registered_at = now();
+-- $3: kind -> its options (an object).
+INSERT INTO handler_kinds (kind, task_queue, options)
+SELECT kind, $2, $3::jsonb -> kind FROM unnest($1::text[]) AS kind
+ON CONFLICT (kind) DO UPDATE
+   SET task_queue = EXCLUDED.task_queue, options = EXCLUDED.options, registered_at = now();
 
 -- name: claim_outbox
 -- Due rows of every topic but $2 (the admitted one, claimed separately within its room).

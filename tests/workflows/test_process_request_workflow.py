@@ -133,22 +133,80 @@ async def test_handler_failing_every_attempt_ends_failed_with_the_last_error_aft
 # --- Cancellation -------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("options_known", "expected_outcome", "expected_attempts"),
+    [(True, CANCELLED, [1]), (False, "already finished", [])],
+    ids=["options-in-input", "options-from-worker"],
+)
 async def test_request_cancelled_before_its_workflow_started_never_runs_its_handler_and_stays_cancelled(
-    workflow_env: WorkflowEnvironment, pool: asyncpg.Pool
+    workflow_env: WorkflowEnvironment,
+    pool: asyncpg.Pool,
+    options_known: bool,
+    expected_outcome: str,
+    expected_attempts: list[int],
 ) -> None:
     echo = Echo()
     bench = await bench_with(workflow_env, pool, "echo", echo)
     request_id = await bench.accept("echo", {"x": 1})
     assert await transition(pool, request_id, CANCELLED, (INIT,))
 
-    outcome, history = await run_to_end(bench, request_id, "echo")
+    async with bench.worker():
+        handle = await bench.start(request_id, "echo", options_known=options_known)
+        outcome = await asyncio.wait_for(handle.result(), RESULT_TIMEOUT)
+        history = await handle.fetch_history()
 
-    assert outcome == "already finished"
+    assert outcome == expected_outcome
     assert echo.calls == 0
-    assert handler_attempts(history) == []
+    assert handler_attempts(history) == expected_attempts
     row = await bench.request(request_id)
     assert (row["status"], row["version"], row["result"]) == (CANCELLED, 2, None)
     assert await bench.topics(request_id) == ["request.accepted", "request.cancelled"]
+
+
+async def test_request_accepted_before_its_kind_registered_options_runs_with_the_workers_options(
+    workflow_env: WorkflowEnvironment, pool: asyncpg.Pool
+) -> None:
+    echo = Echo()
+    bench = await bench_with(workflow_env, pool, "echo", echo, start_to_close_seconds=42)
+    request_id = await bench.accept("echo", {"x": 1})
+
+    async with bench.worker():
+        handle = await bench.start(request_id, "echo", options_known=False)
+        outcome = await asyncio.wait_for(handle.result(), RESULT_TIMEOUT)
+        history = await handle.fetch_history()
+
+    assert outcome == DONE
+    assert echo.calls == 1
+    assert scheduled_timeouts(history) == [42.0]
+    row = await bench.request(request_id)
+    assert (row["status"], row["version"], row["result"]) == (DONE, 3, {"x": 1})
+    assert await bench.topics(request_id) == ["request.accepted", "request.processing", "request.done"]
+
+
+async def test_handler_options_registered_with_the_kind_reach_the_handler_activity_without_a_local_activity(
+    workflow_env: WorkflowEnvironment, pool: asyncpg.Pool
+) -> None:
+    echo = Echo()
+    bench = await bench_with(workflow_env, pool, "echo", echo, start_to_close_seconds=42)
+    request_id = await bench.accept("echo", {"x": 1})
+
+    outcome, history = await run_to_end(bench, request_id, "echo")
+
+    assert outcome == DONE
+    assert scheduled_timeouts(history) == [42.0]
+    assert not [e for e in history.events if e.HasField("marker_recorded_event_attributes")]  # no local activity
+    row = await bench.request(request_id)
+    assert (row["status"], row["version"], row["result"]) == (DONE, 3, {"x": 1})
+    assert await bench.topics(request_id) == ["request.accepted", "request.processing", "request.done"]
+
+
+def scheduled_timeouts(history: WorkflowHistory) -> list[float]:
+    """The start-to-close timeout, in seconds, of every scheduled run_handler activity."""
+    return [
+        event.activity_task_scheduled_event_attributes.start_to_close_timeout.ToTimedelta().total_seconds()
+        for event in history.events
+        if event.HasField("activity_task_scheduled_event_attributes")
+    ]
 
 
 async def test_cancelling_the_workflow_while_its_handler_heartbeats_records_cancelled_and_no_result(
@@ -243,7 +301,9 @@ def load_history(path: Path) -> WorkflowHistory:
 
 
 def test_recorded_histories_cover_done_failed_and_both_cancelled_paths() -> None:
-    assert {path.stem for path in recorded_histories()} >= RECORDED_OUTCOMES, (
+    # Runs with handler options in their input, and runs from before (options from a worker).
+    expected = RECORDED_OUTCOMES | {f"options_from_worker_{outcome}" for outcome in RECORDED_OUTCOMES}
+    assert {path.stem for path in recorded_histories()} >= expected, (
         "record them with: .venv/bin/python -m tests.workflows.record_histories"
     )
 
@@ -260,6 +320,8 @@ async def test_recorded_history_replays_on_the_current_workflow_without_nondeter
 async def test_replay_fails_when_the_workflow_no_longer_matches_a_recorded_history() -> None:
     replayer = Replayer(workflows=[incompatible_workflow.ProcessRequestWorkflow])
 
-    result = await replayer.replay_workflow(load_history(HISTORIES / "done.json"), raise_on_replay_failure=False)
+    history = load_history(HISTORIES / "options_from_worker_done.json")
+
+    result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
 
     assert result.replay_failure is not None

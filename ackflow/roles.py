@@ -86,6 +86,7 @@ async def run_relay(
         batch_size=settings.relay_batch_size,
         poll_seconds=settings.relay_poll_seconds,
         admission=WorkflowAdmission(settings.relay_max_in_flight),
+        listen=settings.outbox_notify,
     )
     await relay.run(stop)
 

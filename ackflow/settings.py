@@ -38,6 +38,7 @@ class Settings:
     relay_batch_size: int = 100
     relay_poll_seconds: float = 1.0
     relay_max_in_flight: int = 200
+    outbox_notify: bool = True
     auth_cache_seconds: float = 2.0
     capability_ttl_seconds: int = 24 * 3600
     idempotency_ttl_seconds: int = 24 * 3600
@@ -129,6 +130,7 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "relay_batch_size": ("ACKFLOW_RELAY_BATCH_SIZE", int),
     "relay_poll_seconds": ("ACKFLOW_RELAY_POLL_SECONDS", float),
     "relay_max_in_flight": ("ACKFLOW_RELAY_MAX_IN_FLIGHT", int),
+    "outbox_notify": ("ACKFLOW_OUTBOX_NOTIFY", _bool),
     "auth_cache_seconds": ("ACKFLOW_AUTH_CACHE_SECONDS", float),
     "capability_ttl_seconds": ("ACKFLOW_CAPABILITY_TTL_SECONDS", int),
     "idempotency_ttl_seconds": ("ACKFLOW_IDEMPOTENCY_TTL_SECONDS", int),

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.accept import clear_accepted, measure_accept
+from bench.backlog import measure_backlog
 from bench.charts import write_chart
 from bench.end_to_end import measure_end_to_end
 from bench.notify import measure_notifications
 from bench.profile import FULL, QUICK, Profile
+from bench.relay_lag import measure_relay_lag
 from bench.report import markdown, write_results
 from bench.stack import Stack, running_stack
 
@@ -45,9 +47,19 @@ async def _accept(stack: Stack, profile: Profile, results: Results, log: Log) ->
         await clear_accepted(stack.database_url)
 
 
+async def _backlog(stack: Stack, profile: Profile, results: Results, log: Log) -> Results:
+    """Accept at half of accept's max (found earlier in the run, or a default) while 10,000 requests drain."""
+    accept_max = results.get("accept", {}).get("accept", {}).get("max_rate")
+    return await measure_backlog(stack, profile, log, accept_max=accept_max)
+
+
 async def _end_to_end(stack: Stack, profile: Profile, results: Results, log: Log) -> Results:
     stack.ensure_role("relay")
     return await measure_end_to_end(stack, profile, log)
+
+
+async def _relay_lag(stack: Stack, profile: Profile, results: Results, log: Log) -> Results:
+    return await measure_relay_lag(stack, profile, log)
 
 
 async def _notify(stack: Stack, profile: Profile, results: Results, log: Log) -> Results:
@@ -62,7 +74,9 @@ async def _notify(stack: Stack, profile: Profile, results: Results, log: Log) ->
 # after end to end, whose sustained rate it is measured at.
 SCENARIOS: dict[str, Scenario] = {
     "accept": _accept,
+    "backlog": _backlog,
     "end_to_end": _end_to_end,
+    "relay_lag": _relay_lag,
     "notify": _notify,
 }
 

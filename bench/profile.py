@@ -18,6 +18,10 @@ class Profile:
     e2e_step_seconds: float
     e2e_grace_seconds: float
     e2e_p99_bound_ms: float
+    relay_lag_rates: tuple[float, ...]
+    relay_lag_step_seconds: float
+    backlog_size: int
+    backlog_seconds: float
     notify_seconds: float
 
 
@@ -31,6 +35,10 @@ QUICK = Profile(
     e2e_step_seconds=3.0,
     e2e_grace_seconds=2.0,
     e2e_p99_bound_ms=1000.0,
+    relay_lag_rates=(5, 10, 20),
+    relay_lag_step_seconds=1.5,
+    backlog_size=10_000,
+    backlog_seconds=3.0,
     notify_seconds=4.0,
 )
 
@@ -44,5 +52,9 @@ FULL = Profile(
     e2e_step_seconds=8.0,
     e2e_grace_seconds=3.0,
     e2e_p99_bound_ms=1000.0,
+    relay_lag_rates=(5, 10, 20),
+    relay_lag_step_seconds=8.0,
+    backlog_size=10_000,
+    backlog_seconds=10.0,
     notify_seconds=15.0,
 )

@@ -68,10 +68,9 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None, redis: R
             )
             app.state.rate_limiter = AcceptRateLimiter(redis_client, app.state.pool, settings.rate_limit_per_second)
             app.state.outbox_waker = OutboxWaker(app.state.pool)
-            background = [
-                asyncio.create_task(app.state.authenticator.follow_revocations(channels)),
-                asyncio.create_task(app.state.outbox_waker.run()),
-            ]
+            background = [asyncio.create_task(app.state.authenticator.follow_revocations(channels))]
+            if settings.outbox_notify:  # else the relays only poll, and accepts' wake() calls go unsent
+                background.append(asyncio.create_task(app.state.outbox_waker.run()))
             try:
                 yield
             finally:

@@ -41,8 +41,10 @@ class OutboxRelay:
         poll_seconds: float = 1.0,
         dispatch_timeout: float = 10.0,
         admission: WorkflowAdmission | None = None,
+        listen: bool = True,
     ) -> None:
         self._pool = pool
+        self._listen = listen
         self._admission = admission
         self._database_url = database_url
         self._routes = dict(routes)
@@ -52,13 +54,19 @@ class OutboxRelay:
         self._wake = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Relay until `stop` is set. NOTIFY wakes it at once; polling covers a lost notification."""
-        listener = asyncio.create_task(
-            listen_until_stopped(
-                self._database_url, NOTIFY_CHANNEL, self._wake.set, stop, retry_seconds=self._poll_seconds
-            ),
-            name="outbox-listen",
-        )
+        """Relay until `stop` is set. NOTIFY wakes it at once; polling covers a lost notification.
+
+        With `listen=False` it only polls: for connection poolers in transaction mode, where LISTEN
+        does not work.
+        """
+        listener = None
+        if self._listen:
+            listener = asyncio.create_task(
+                listen_until_stopped(
+                    self._database_url, NOTIFY_CHANNEL, self._wake.set, stop, retry_seconds=self._poll_seconds
+                ),
+                name="outbox-listen",
+            )
         try:
             while not stop.is_set():
                 try:
@@ -69,9 +77,10 @@ class OutboxRelay:
                 if claimed < self._batch_size:
                     await wait_for_wake(self._wake, stop, self._poll_seconds)
         finally:
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
+            if listener is not None:
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listener
 
     async def relay_batch(self) -> int:
         """Claim and dispatch one batch; return how many rows were claimed."""

@@ -22,7 +22,7 @@ from ackflow.roles import relay_routes
 from ackflow.settings import Settings
 from activities.worker import register_kinds
 from outbox_cdc import OutboxRelay
-from tests.conftest import Tenant, running_roles
+from tests.conftest import Tenant, api_client, running_roles
 from tests.helpers import assert_eventually
 
 
@@ -174,6 +174,20 @@ async def test_relay_polls_rows_whose_notification_was_lost(
         await assert_eventually(lambda: _no_outbox(pool), timeout=10, message="polling did not pick the rows up")
 
 
+async def test_relay_with_outbox_notify_off_polls_without_listening_and_still_starts_every_request(
+    settings: Settings, pool: asyncpg.Pool, redis: Redis, temporal: Client, registry: HandlerRegistry, tenant: Tenant
+) -> None:
+    poll_only = replace(settings, outbox_notify=False)
+    async with running_roles(poll_only, pool, redis, temporal, registry), api_client(poll_only, tenant.api_key) as http:
+        ids = []
+        for i in range(3):
+            response = await http.post("/v1/requests", json={"kind": "echo", "payload": {"i": i}})
+            assert response.status_code == 202
+            ids.append(response.json()["id"])
+        await assert_eventually(lambda: _all_done(pool, ids), timeout=30, message="polling did not relay them")
+        assert not await _listening(pool), "the relay must not LISTEN with ACKFLOW_OUTBOX_NOTIFY=false"
+
+
 async def _all_started(started: collections.Counter[str], ids: list[str]) -> bool:
     return all(started[i] >= 1 for i in ids)
 
@@ -188,7 +202,10 @@ async def _all_done(pool: asyncpg.Pool, ids: list[str]) -> bool:
 
 
 async def _listening(pool: asyncpg.Pool) -> bool:
-    query = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query ILIKE 'LISTEN%'"
+    query = (
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND query ILIKE 'LISTEN%ackflow_outbox%'"
+    )
     return bool(await pool.fetchval(query))
 
 

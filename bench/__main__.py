@@ -19,11 +19,13 @@ from bench.accept import clear_accepted, measure_accept
 from bench.backlog import measure_backlog
 from bench.charts import write_chart
 from bench.end_to_end import measure_end_to_end
+from bench.fanout import measure_fanout
 from bench.notify import measure_notifications
 from bench.profile import FULL, QUICK, Profile
 from bench.relay_lag import measure_relay_lag
 from bench.report import markdown, write_results
 from bench.stack import Stack, running_stack
+from bench.webhook_rate import measure_webhook_rate
 
 DEFAULT_NOTIFY_RATE = 10.0
 
@@ -70,6 +72,15 @@ async def _notify(stack: Stack, profile: Profile, results: Results, log: Log) ->
     return await measure_notifications(stack, rate, profile.notify_seconds, log)
 
 
+async def _fanout(stack: Stack, profile: Profile, results: Results, log: Log) -> Results:
+    """Idle SSE clients on one gateway (restarted per size; the relay is paused while they connect)."""
+    return await measure_fanout(stack, profile.fanout_clients, log)
+
+
+async def _webhooks(stack: Stack, profile: Profile, results: Results, log: Log) -> Results:
+    return await measure_webhook_rate(stack, profile.webhook_deliveries, log)
+
+
 # In running order: accept first (relay stopped, so the ramp does not flood Temporal); notification
 # after end to end, whose sustained rate it is measured at.
 SCENARIOS: dict[str, Scenario] = {
@@ -78,6 +89,8 @@ SCENARIOS: dict[str, Scenario] = {
     "end_to_end": _end_to_end,
     "relay_lag": _relay_lag,
     "notify": _notify,
+    "fanout": _fanout,
+    "webhooks": _webhooks,
 }
 
 

@@ -23,6 +23,8 @@ class Profile:
     backlog_size: int
     backlog_seconds: float
     notify_seconds: float
+    fanout_clients: tuple[int, ...]
+    webhook_deliveries: int
 
 
 QUICK = Profile(
@@ -40,6 +42,8 @@ QUICK = Profile(
     backlog_size=10_000,
     backlog_seconds=3.0,
     notify_seconds=4.0,
+    fanout_clients=(2500,),  # 10,000 take ~30 s to connect here: the full profile only
+    webhook_deliveries=1000,
 )
 
 FULL = Profile(
@@ -57,4 +61,6 @@ FULL = Profile(
     backlog_size=10_000,
     backlog_seconds=10.0,
     notify_seconds=15.0,
+    fanout_clients=(1000, 10_000),
+    webhook_deliveries=20_000,
 )

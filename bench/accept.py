@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from bench.cpu import cpu_per_request, cpu_seconds, cpu_spent
 from bench.httpool import ClientPool
 from bench.loadgen import Send, Step, run_open_loop
 from bench.profile import Profile
@@ -49,8 +50,9 @@ async def measure_accept(stack: Stack, profile: Profile, log: Callable[[str], No
         sends = {"bare": poster(bare), "accept": poster(gateway)}
         for send in sends.values():  # open connections, warm caches (auth, rate, prepared statements)
             await run_open_loop(send, 100, 1.0)
+        pids = stack.pids()
         ramps = await ramp_interleaved(
-            {name: _stepper(send, profile.accept_step_seconds) for name, send in sends.items()},
+            {name: _stepper(send, profile.accept_step_seconds, pids) for name, send in sends.items()},
             profile.accept_rates,
             profile.accept_p99_bound_ms,
             log=log,
@@ -66,15 +68,21 @@ async def measure_accept(stack: Stack, profile: Profile, log: Callable[[str], No
                 "capped_by_ramp": not ramp.broke,
                 "steps": [s.summary() | {"sustainable": ok} for s, ok in zip(ramp.steps, ramp.verdicts, strict=True)],
                 "half_max": half.summary() if half else None,
+                "cpu_ms_per_request": cpu_per_request(ramp.sustained),
             }
     bare_max = result["bare"]["max_rate"]
     result["ratio"] = round(result["accept"]["max_rate"] / bare_max, 3) if bare_max else None
     return result
 
 
-def _stepper(send: Send, seconds: float) -> Callable[[float], Any]:
+def _stepper(send: Send, seconds: float, pids: dict[str, int]) -> Callable[[float], Any]:
+    """One step at `rate`, with each process's CPU over it."""
+
     async def run(rate: float) -> Step:
-        return await run_open_loop(send, rate, seconds)
+        before = cpu_seconds(pids)
+        step = await run_open_loop(send, rate, seconds)
+        step.cpu = cpu_spent(before, cpu_seconds(pids))
+        return step
 
     return run
 

@@ -13,6 +13,10 @@ import os
 from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bench.loadgen import Step
 
 PROC = Path("/proc")
 TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -51,3 +55,13 @@ def cpu_seconds(pids: Mapping[str, int]) -> dict[str, float]:
 def cpu_spent(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
     """CPU seconds each process spent between two readings."""
     return {name: round(after[name] - before.get(name, 0.0), 3) for name in after}
+
+
+def cpu_per_request(steps: list[Step]) -> dict[str, float]:
+    """Each process's CPU milliseconds per completed request over all the given steps together."""
+    done = sum(len(step.ok) for step in steps)
+    totals: dict[str, float] = {}
+    for step in steps:
+        for name, seconds in step.cpu.items():
+            totals[name] = totals.get(name, 0.0) + seconds
+    return {name: round(seconds * 1000 / done, 2) for name, seconds in sorted(totals.items())} if done else {}

@@ -21,7 +21,7 @@ import asyncpg
 from temporalio.client import Client
 
 from bench.accept import client_pool, poster
-from bench.cpu import cpu_seconds, cpu_spent
+from bench.cpu import cpu_per_request, cpu_seconds, cpu_spent
 from bench.loadgen import Send, Step, run_open_loop
 from bench.profile import Profile
 from bench.ramp import ramp_interleaved
@@ -161,21 +161,11 @@ async def measure_end_to_end(stack: Stack, profile: Profile, log: Callable[[str]
             "max_rate": ramp.max_rate,
             "capped_by_ramp": not ramp.broke,
             "steps": [s.summary() | {"sustainable": ok} for s, ok in zip(ramp.steps, ramp.verdicts, strict=True)],
-            "cpu_ms_per_request": cpu_per_request([s for s, ok in zip(ramp.steps, ramp.verdicts, strict=True) if ok]),
+            "cpu_ms_per_request": cpu_per_request(ramp.sustained),
         }
     raw_max = result["temporal"]["max_rate"]
     result["ratio"] = round(result["ackflow"]["max_rate"] / raw_max, 3) if raw_max else None
     return result
-
-
-def cpu_per_request(steps: list[Step]) -> dict[str, float]:
-    """Each process's CPU milliseconds per completed request over all the given steps together."""
-    done = sum(len(step.ok) for step in steps)
-    totals: dict[str, float] = {}
-    for step in steps:
-        for name, seconds in step.cpu.items():
-            totals[name] = totals.get(name, 0.0) + seconds
-    return {name: round(seconds * 1000 / done, 2) for name, seconds in sorted(totals.items())} if done else {}
 
 
 def _stepper(target: Target, profile: Profile, pids: dict[str, int]) -> Callable[[float], Any]:

@@ -43,6 +43,11 @@ class Ramp:
     max_rate: float = 0.0
     broke: bool = False
 
+    @property
+    def sustained(self) -> list[Step]:
+        """The steps that were sustainable."""
+        return [step for step, ok in zip(self.steps, self.verdicts, strict=True) if ok]
+
 
 async def ramp_interleaved(
     targets: dict[str, RunStep], rates: Sequence[float], p99_bound_ms: float, *, log: Callable[[str], None]

@@ -23,6 +23,16 @@ def headline(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         rows.append(("accept p99 at half its max", f"{_num(half)} ms", "< 10 ms"))
         bare_half = b["half_max"]["latency_ms"]["p99"] if b["half_max"] else None
         rows.append(("bare INSERT p99 at half its max", f"{_num(bare_half)} ms", "(ceiling)"))
+        ours, bare = a.get("cpu_ms_per_request") or {}, b.get("cpu_ms_per_request") or {}
+        if ours and bare:
+            rows.append(
+                (
+                    "CPU per request: HTTP server + Postgres, accept vs bare",
+                    f"{_num(ours.get('gateway'))} + {_num(ours.get('postgres'))} vs "
+                    f"{_num(bare.get('bare'))} + {_num(bare.get('postgres'))} ms",
+                    "(why the ratio is what it is)",
+                )
+            )
     rows += _backlog_rows(results.get("backlog"))
     e2e = results.get("end_to_end")
     if e2e:

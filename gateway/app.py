@@ -29,12 +29,14 @@ from gateway.page import index_page, static_asset
 from gateway.problems import EXCEPTION_HANDLERS, not_found_page_as_problem
 from gateway.rate_limit import AcceptRateLimiter
 from gateway.requests_controller import RequestsController
+from gateway.services import GatewayServices
 from gateway.streams import Streams
 from gateway.streams_controller import RequestStreamsController, TenantStreamsController
 from gateway.webhooks_controller import WebhooksController
 
-# What the lifespan builds and the handlers ask for by name (each is a `NamedDependency`).
-STATE_DEPENDENCIES = ("pool", "redis", "hub", "streams", "capability_tokens", "rate_limiter", "outbox_waker")
+# What the lifespan builds and handlers ask for by name (each a `NamedDependency`): `services` holds
+# it all (see gateway/services.py for why one); the stream handlers still ask for `streams` alone.
+STATE_DEPENDENCIES = ("services", "streams")
 
 
 def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None, redis: Redis | None = None) -> Litestar:
@@ -52,8 +54,6 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None, redis: R
             settings.database_url, size=settings.db_pool_size, timeout=settings.connect_timeout_seconds
         )
         try:
-            app.state.redis = redis_client
-            app.state.hub = hub
             app.state.authenticator = ApiKeyAuthenticator(app.state.pool, settings.auth_cache_seconds)
             app.state.capability_tokens = CapabilityTokens(
                 await load_signing_key(app.state.pool), settings.capability_ttl_seconds
@@ -66,11 +66,20 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None, redis: R
                 poll_seconds=settings.stream_poll_seconds,
                 max_per_tenant=settings.max_streams_per_tenant,
             )
-            app.state.rate_limiter = AcceptRateLimiter(redis_client, app.state.pool, settings.rate_limit_per_second)
-            app.state.outbox_waker = OutboxWaker(app.state.pool)
+            outbox_waker = OutboxWaker(app.state.pool)
+            app.state.services = GatewayServices(
+                settings=settings,
+                pool=app.state.pool,
+                redis=redis_client,
+                hub=hub,
+                streams=app.state.streams,
+                capability_tokens=app.state.capability_tokens,
+                rate_limiter=AcceptRateLimiter(redis_client, app.state.pool, settings.rate_limit_per_second),
+                outbox_waker=outbox_waker,
+            )
             background = [asyncio.create_task(app.state.authenticator.follow_revocations(channels))]
             if settings.outbox_notify:  # else the relays only poll, and accepts' wake() calls go unsent
-                background.append(asyncio.create_task(app.state.outbox_waker.run()))
+                background.append(asyncio.create_task(outbox_waker.run()))
             try:
                 yield
             finally:
@@ -97,7 +106,6 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None, redis: R
         lifespan=[lifespan],
         plugins=[channels],
         dependencies={
-            "settings": Provide(lambda: settings, use_cache=True, sync_to_thread=False),
             **{name: Provide(_from_state(name), sync_to_thread=False) for name in STATE_DEPENDENCIES},
         },
         exception_handlers=EXCEPTION_HANDLERS,
@@ -127,7 +135,6 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None, redis: R
         debug=False,
         logging_config=None,  # the CLI configures logging once for every role
     )
-
 
 
 def _from_state(name: str) -> Callable[[State], Any]:

@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 
 from gateway.problems import problem
 from gateway.schemas import Health
+from gateway.services import GatewayServices
 
 CHECK_TIMEOUT_SECONDS = 2.0
 
@@ -30,8 +31,8 @@ class HealthController(Controller):
         return Health(status="ok", checks={})
 
     @get("/ready", summary="Dependencies are reachable", responses=None)
-    async def ready(self, pool: NamedDependency[asyncpg.Pool], redis: NamedDependency[Redis]) -> Response[Any]:
-        postgres_ok, redis_ok = await asyncio.gather(_check_postgres(pool), _check_redis(redis))
+    async def ready(self, services: NamedDependency[GatewayServices]) -> Response[Any]:
+        postgres_ok, redis_ok = await asyncio.gather(_check_postgres(services.pool), _check_redis(services.redis))
         checks = {"postgres": "ok" if postgres_ok else "down", "redis": "ok" if redis_ok else "degraded"}
         if not postgres_ok:
             return problem(
@@ -45,7 +46,7 @@ class HealthController(Controller):
         return Response(Health(status="ok" if redis_ok else "degraded", checks=checks))
 
 
-async def _check_postgres(pool: NamedDependency[asyncpg.Pool]) -> bool:
+async def _check_postgres(pool: asyncpg.Pool) -> bool:
     try:
         await asyncio.wait_for(pool.fetchval("SELECT 1"), CHECK_TIMEOUT_SECONDS)
     except Exception:
@@ -53,7 +54,7 @@ async def _check_postgres(pool: NamedDependency[asyncpg.Pool]) -> bool:
     return True
 
 
-async def _check_redis(redis: NamedDependency[Redis]) -> bool:
+async def _check_redis(redis: Redis) -> bool:
     try:
         await asyncio.wait_for(redis.ping(), CHECK_TIMEOUT_SECONDS)
     except Exception:

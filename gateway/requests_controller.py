@@ -9,14 +9,13 @@ from typing import Annotated, Any
 import asyncpg
 import msgspec
 from litestar import Controller, Request, Response, get, post
-from litestar.di import NamedDependency, Provide
+from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from ackflow.contracts import ALL_STATUSES, CANCELLED, INIT, TERMINAL_STATUSES
 from ackflow.db.accept import accept_request
 from ackflow.db.queries import sql
 from ackflow.db.transitions import transition
-from ackflow.db.waker import OutboxWaker
 from ackflow.errors import Conflict, InvalidInput, NotFound, UnknownKind
 from ackflow.handlers import KIND_PATTERN
 from ackflow.ids import new_request_id
@@ -27,9 +26,8 @@ from gateway.bodies import require_json_body
 from gateway.capabilities import CapabilityTokens
 from gateway.cursors import decode_cursor, encode_cursor
 from gateway.idempotency import claim_key, parse_key
-from gateway.rate_limit import AcceptRateLimiter
 from gateway.schemas import AcceptedRequest, CreateRequest, Links, RequestPage, RequestState
-from gateway.streams import Streams
+from gateway.services import GatewayServices
 
 MAX_PAGE_SIZE = 200
 MAX_WAIT_SECONDS = 60
@@ -41,7 +39,6 @@ class RequestsController(Controller):
 
     path = "/v1/requests"
     guards = [require_api_key]
-    dependencies = {"tenant_id": Provide(current_tenant, sync_to_thread=False)}
     tags = ["requests"]
 
     @post("/", status_code=202, summary="Accept a request", responses=None, guards=[require_json_body])
@@ -49,12 +46,7 @@ class RequestsController(Controller):
         self,
         request: Request[Any, Any, Any],
         data: JSONBody[CreateRequest],
-        tenant_id: NamedDependency[uuid.UUID],
-        pool: NamedDependency[asyncpg.Pool],
-        settings: NamedDependency[Settings],
-        capability_tokens: NamedDependency[CapabilityTokens],
-        rate_limiter: NamedDependency[AcceptRateLimiter],
-        outbox_waker: NamedDependency[OutboxWaker],
+        services: NamedDependency[GatewayServices],
     ) -> Response[Any]:
         """Commit the request (status INIT) with its outbox event in one statement, and answer at once.
 
@@ -62,24 +54,25 @@ class RequestsController(Controller):
         (for browsers' EventSource), and nothing else. With an `Idempotency-Key` header, a retry of
         the same request gets the original answer and creates nothing.
         """
+        tenant_id, settings = current_tenant(request), services.settings
         _check_depth(data.payload, settings.max_json_depth)
-        await rate_limiter.check(tenant_id)
+        await services.rate_limiter.check(tenant_id)
         if data.callback_url is not None:
             await check_target(data.callback_url, allow_private=settings.webhook_allow_private, field="callback_url")
         key = parse_key(request.headers.get("idempotency-key"), request.method, request.url.path, await request.body())
         if key is None:
-            row = await _insert_request(pool, tenant_id, data)
-            outbox_waker.wake()
-            return _accepted(_accepted_body(row, tenant_id, capability_tokens), settings)
-        async with claim_key(pool, tenant_id, key, ttl_seconds=settings.idempotency_ttl_seconds) as claim:
+            row = await _insert_request(services.pool, tenant_id, data)
+            services.outbox_waker.wake()
+            return _accepted(_accepted_body(row, tenant_id, services.capability_tokens), settings)
+        async with claim_key(services.pool, tenant_id, key, ttl_seconds=settings.idempotency_ttl_seconds) as claim:
             if claim.replay is not None:
                 response = _accepted(claim.replay.body, settings)
                 response.headers["Idempotent-Replayed"] = "true"
                 return response
             row = await _insert_request(claim.connection, tenant_id, data)
-            body = _accepted_body(row, tenant_id, capability_tokens)
+            body = _accepted_body(row, tenant_id, services.capability_tokens)
             await claim.remember(row["id"], 202, body)
-        outbox_waker.wake()
+        services.outbox_waker.wake()
         return _accepted(body, settings)
 
     @get("/{request_id:uuid}", summary="Get a request's status and result (long poll with ?wait=N)")
@@ -87,36 +80,35 @@ class RequestsController(Controller):
         self,
         request: Request[Any, Any, Any],
         request_id: FromPath[uuid.UUID],
-        tenant_id: NamedDependency[uuid.UUID],
-        pool: NamedDependency[asyncpg.Pool],
-        settings: NamedDependency[Settings],
-        streams: NamedDependency[Streams],
+        services: NamedDependency[GatewayServices],
         wait: Annotated[float | None, QueryParameter(ge=0, le=MAX_WAIT_SECONDS)] = None,
     ) -> Response[RequestState]:
         """With `?wait=N` (or `Prefer: wait=N`), answer as soon as the request ends, or after N seconds."""
+        tenant_id = current_tenant(request)
         headers: dict[str, str] = {}
         preferred = _preferred_wait(request.headers.get("prefer"))
         if wait is None and preferred is not None:
             wait = preferred
             headers["Preference-Applied"] = f"wait={preferred:g}"
-        state = await _load(pool, request_id, tenant_id)
+        state = await _load(services.pool, request_id, tenant_id)
         if wait and state.status not in TERMINAL_STATUSES:
-            await streams.wait_until_terminal(tenant_id, request_id, wait)
-            state = await _load(pool, request_id, tenant_id)
+            await services.streams.wait_until_terminal(tenant_id, request_id, wait)
+            state = await _load(services.pool, request_id, tenant_id)
         if state.status not in TERMINAL_STATUSES:
-            headers["Retry-After"] = str(settings.retry_after_seconds)
+            headers["Retry-After"] = str(services.settings.retry_after_seconds)
         return Response(state, headers=headers)
 
     @get("/", summary="List requests, newest first")
     async def list_requests(
         self,
-        tenant_id: NamedDependency[uuid.UUID],
-        pool: NamedDependency[asyncpg.Pool],
+        request: Request[Any, Any, Any],
+        services: NamedDependency[GatewayServices],
         status: FromQuery[str | None] = None,
         kind: Annotated[str | None, QueryParameter(pattern=KIND_PATTERN.pattern)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE_SIZE)] = 50,
         cursor: Annotated[str | None, QueryParameter(max_length=64)] = None,
     ) -> RequestPage:
+        tenant_id = current_tenant(request)
         if status is not None and status not in ALL_STATUSES:
             raise InvalidInput(
                 f"status must be one of {', '.join(ALL_STATUSES)}",
@@ -124,7 +116,7 @@ class RequestsController(Controller):
                 errors=[{"field": "status", "in": "query", "message": "unknown status"}],
             )
         after = decode_cursor(cursor) if cursor else None
-        rows = await pool.fetch(sql("list_requests"), tenant_id, status, after, kind, limit + 1)
+        rows = await services.pool.fetch(sql("list_requests"), tenant_id, status, after, kind, limit + 1)
         items = [_state(row) for row in rows[:limit]]
         next_cursor = encode_cursor(items[-1].id) if len(rows) > limit else None
         return RequestPage(items=items, next_cursor=next_cursor)
@@ -133,11 +125,12 @@ class RequestsController(Controller):
     async def cancel(
         self,
         request_id: FromPath[uuid.UUID],
-        tenant_id: NamedDependency[uuid.UUID],
-        pool: NamedDependency[asyncpg.Pool],
+        request: Request[Any, Any, Any],
+        services: NamedDependency[GatewayServices],
     ) -> RequestState:
         """A request not yet started ends CANCELLED at once; a running one is cancelled through its workflow."""
-        async with pool.acquire() as connection, connection.transaction():
+        tenant_id = current_tenant(request)
+        async with services.pool.acquire() as connection, connection.transaction():
             row = await connection.fetchrow(sql("lock_request"), request_id, tenant_id)
             if row is None:
                 raise NotFound(f"request {request_id} does not exist")
@@ -147,7 +140,7 @@ class RequestsController(Controller):
                 await transition(connection, request_id, CANCELLED, (INIT,))
             else:
                 await connection.execute(sql("mark_cancel_requested"), request_id)
-        return await _load(pool, request_id, tenant_id)
+        return await _load(services.pool, request_id, tenant_id)
 
 
 def _accepted_body(row: asyncpg.Record, tenant_id: uuid.UUID, tokens: CapabilityTokens) -> dict[str, Any]:

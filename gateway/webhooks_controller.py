@@ -12,19 +12,19 @@ from typing import Annotated, Any
 
 import asyncpg
 import msgspec
-from litestar import Controller, Response, delete, get, patch, post
-from litestar.di import NamedDependency, Provide
+from litestar import Controller, Request, Response, delete, get, patch, post
+from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
 
 from ackflow.db.queries import sql
 from ackflow.errors import InvalidInput, NotFound
 from ackflow.ids import new_request_id
 from ackflow.netguard import check_target
-from ackflow.settings import Settings
 from ackflow.webhook_secrets import new_webhook_secret
 from gateway.auth import current_tenant, require_api_key
 from gateway.bodies import require_json_body
 from gateway.cursors import decode_cursor, encode_cursor
+from gateway.services import GatewayServices
 from gateway.webhook_schemas import (
     CreatedEndpoint,
     CreateEndpoint,
@@ -49,21 +49,20 @@ class WebhooksController(Controller):
 
     path = "/v1/webhooks"
     guards = [require_api_key]
-    dependencies = {"tenant_id": Provide(current_tenant, sync_to_thread=False)}
     tags = ["webhooks"]
 
     @post("/", status_code=201, summary="Register a webhook endpoint", guards=[require_json_body])
     async def create(
         self,
         data: JSONBody[CreateEndpoint],
-        tenant_id: NamedDependency[uuid.UUID],
-        pool: NamedDependency[asyncpg.Pool],
-        settings: NamedDependency[Settings],
+        request: Request[Any, Any, Any],
+        services: NamedDependency[GatewayServices],
     ) -> CreatedEndpoint:
         """The answer carries the endpoint's signing secret; it is not shown again."""
-        await check_target(data.url, allow_private=settings.webhook_allow_private)
+        tenant_id = current_tenant(request)
+        await check_target(data.url, allow_private=services.settings.webhook_allow_private)
         secret = new_webhook_secret()
-        row = await pool.fetchrow(
+        row = await services.pool.fetchrow(
             sql("create_endpoint"),
             uuid.uuid4(),
             tenant_id,
@@ -79,43 +78,48 @@ class WebhooksController(Controller):
     @get("/", summary="List webhook endpoints")
     async def list_endpoints(
         self,
-        tenant_id: NamedDependency[uuid.UUID],
-        pool: NamedDependency[asyncpg.Pool],
+        request: Request[Any, Any, Any],
+        services: NamedDependency[GatewayServices],
         limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE_SIZE)] = 50,
         cursor: Annotated[str | None, QueryParameter(max_length=64)] = None,
     ) -> EndpointPage:
+        tenant_id = current_tenant(request)
         after = decode_cursor(cursor) if cursor else None
-        rows = await pool.fetch(sql("list_endpoints"), tenant_id, after, limit + 1)
+        rows = await services.pool.fetch(sql("list_endpoints"), tenant_id, after, limit + 1)
         items = [Endpoint(**_endpoint_fields(row)) for row in rows[:limit]]
         return EndpointPage(items=items, next_cursor=encode_cursor(items[-1].id) if len(rows) > limit else None)
 
     @get("/signing-secret", summary="The tenant's signing secret for per-request callback_url webhooks")
     async def signing_secret(
-        self, tenant_id: NamedDependency[uuid.UUID], pool: NamedDependency[asyncpg.Pool]
+        self, request: Request[Any, Any, Any], services: NamedDependency[GatewayServices]
     ) -> SigningSecret:
-        return SigningSecret(await pool.fetchval(sql("tenant_signing_secret"), tenant_id, new_webhook_secret()))
+        secret = await services.pool.fetchval(
+            sql("tenant_signing_secret"), current_tenant(request), new_webhook_secret()
+        )
+        return SigningSecret(secret)
 
     @get("/{endpoint_id:uuid}", summary="Get a webhook endpoint")
     async def read(
         self,
         endpoint_id: FromPath[uuid.UUID],
-        tenant_id: NamedDependency[uuid.UUID],
-        pool: NamedDependency[asyncpg.Pool],
+        request: Request[Any, Any, Any],
+        services: NamedDependency[GatewayServices],
     ) -> Endpoint:
-        return Endpoint(**_endpoint_fields(await _endpoint(pool, endpoint_id, tenant_id)))
+        tenant_id = current_tenant(request)
+        return Endpoint(**_endpoint_fields(await _endpoint(services.pool, endpoint_id, tenant_id)))
 
     @patch("/{endpoint_id:uuid}", summary="Change a webhook endpoint (or re-enable it)", guards=[require_json_body])
     async def update(
         self,
         endpoint_id: FromPath[uuid.UUID],
         data: JSONBody[UpdateEndpoint],
-        tenant_id: NamedDependency[uuid.UUID],
-        pool: NamedDependency[asyncpg.Pool],
-        settings: NamedDependency[Settings],
+        request: Request[Any, Any, Any],
+        services: NamedDependency[GatewayServices],
     ) -> Endpoint:
+        tenant_id = current_tenant(request)
         if isinstance(data.url, str):
-            await check_target(data.url, allow_private=settings.webhook_allow_private)
-        row = await pool.fetchrow(
+            await check_target(data.url, allow_private=services.settings.webhook_allow_private)
+        row = await services.pool.fetchrow(
             sql("update_endpoint"),
             endpoint_id,
             tenant_id,
@@ -135,22 +139,24 @@ class WebhooksController(Controller):
     async def remove(
         self,
         endpoint_id: FromPath[uuid.UUID],
-        tenant_id: NamedDependency[uuid.UUID],
-        pool: NamedDependency[asyncpg.Pool],
+        request: Request[Any, Any, Any],
+        services: NamedDependency[GatewayServices],
     ) -> None:
-        if await pool.fetchval(sql("delete_endpoint"), endpoint_id, tenant_id) is None:
+        tenant_id = current_tenant(request)
+        if await services.pool.fetchval(sql("delete_endpoint"), endpoint_id, tenant_id) is None:
             raise NotFound(f"webhook endpoint {endpoint_id} does not exist")
 
     @post("/{endpoint_id:uuid}/rotate-secret", status_code=200, summary="Rotate the signing secret")
     async def rotate_secret(
         self,
         endpoint_id: FromPath[uuid.UUID],
-        tenant_id: NamedDependency[uuid.UUID],
-        pool: NamedDependency[asyncpg.Pool],
+        request: Request[Any, Any, Any],
+        services: NamedDependency[GatewayServices],
     ) -> SigningSecret:
         """A new secret; the old one keeps signing beside it for 24 hours, so receivers can switch over."""
+        tenant_id = current_tenant(request)
         secret = new_webhook_secret()
-        rotated = await pool.fetchval(
+        rotated = await services.pool.fetchval(
             sql("rotate_endpoint_secret"), endpoint_id, tenant_id, secret, ROTATION_OVERLAP_SECONDS
         )
         if rotated is None:
@@ -161,14 +167,15 @@ class WebhooksController(Controller):
     async def send_test(
         self,
         endpoint_id: FromPath[uuid.UUID],
-        tenant_id: NamedDependency[uuid.UUID],
-        pool: NamedDependency[asyncpg.Pool],
+        request: Request[Any, Any, Any],
+        services: NamedDependency[GatewayServices],
     ) -> Response[dict[str, Any]]:
+        tenant_id = current_tenant(request)
         delivery_id = new_request_id()
         body = msgspec.json.encode(
             {"type": "webhook.test", "timestamp": _now_iso(), "data": {"endpoint_id": str(endpoint_id)}}
         ).decode()
-        created = await pool.fetchval(
+        created = await services.pool.fetchval(
             sql("create_test_delivery"), delivery_id, endpoint_id, f"msg_test_{delivery_id.hex}", body, tenant_id
         )
         if created is None:
@@ -184,21 +191,22 @@ class WebhooksController(Controller):
     async def deliveries(
         self,
         endpoint_id: FromPath[uuid.UUID],
-        tenant_id: NamedDependency[uuid.UUID],
-        pool: NamedDependency[asyncpg.Pool],
+        request: Request[Any, Any, Any],
+        services: NamedDependency[GatewayServices],
         status: Annotated[str | None, QueryParameter(max_length=20)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE_SIZE)] = 50,
         cursor: Annotated[str | None, QueryParameter(max_length=64)] = None,
     ) -> DeliveryPage:
+        tenant_id = current_tenant(request)
         if status is not None and status not in DELIVERY_STATES:
             raise InvalidInput(
                 f"status must be one of {', '.join(DELIVERY_STATES)}",
                 status_code=400,
                 errors=[{"field": "status", "in": "query", "message": "unknown delivery state"}],
             )
-        await _endpoint(pool, endpoint_id, tenant_id)
+        await _endpoint(services.pool, endpoint_id, tenant_id)
         after = decode_cursor(cursor) if cursor else None
-        rows = await pool.fetch(sql("list_deliveries"), endpoint_id, tenant_id, status, after, limit + 1)
+        rows = await services.pool.fetch(sql("list_deliveries"), endpoint_id, tenant_id, status, after, limit + 1)
         items = [msgspec.convert(delivery_from_row(row), type=Delivery) for row in rows[:limit]]
         return DeliveryPage(items=items, next_cursor=encode_cursor(items[-1].id) if len(rows) > limit else None)
 
@@ -212,11 +220,12 @@ class WebhooksController(Controller):
         self,
         endpoint_id: FromPath[uuid.UUID],
         data: JSONBody[Recover],
-        tenant_id: NamedDependency[uuid.UUID],
-        pool: NamedDependency[asyncpg.Pool],
+        request: Request[Any, Any, Any],
+        services: NamedDependency[GatewayServices],
     ) -> Requeued:
-        await _endpoint(pool, endpoint_id, tenant_id)
-        status = await pool.execute(sql("requeue_failed_since"), endpoint_id, tenant_id, data.since)
+        tenant_id = current_tenant(request)
+        await _endpoint(services.pool, endpoint_id, tenant_id)
+        status = await services.pool.execute(sql("requeue_failed_since"), endpoint_id, tenant_id, data.since)
         return Requeued(requeued=int(status.split()[-1]))
 
 

@@ -4,6 +4,11 @@ A NOTIFY inside a transaction serialises commits database-wide (Postgres holds o
 pre-commit to the end of the flush), which capped the accept path. Instead, the gateway calls
 `wake()` after each accept commits, and one background task sends at most one NOTIFY per
 `interval` on its own connection. A wake lost in a crash only delays: relays also poll.
+
+The first wake after a quiet spell goes out at once, so a lone accept reaches the relay without
+delay; only accepts within `interval` of the last wake wait for the next one. Each NOTIFY is a
+round trip and a transaction (measured at about a quarter of an accept's CPU when sent every 2 ms
+under accept load), and a relay woken every 10 ms is never idle for long under load anyway.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ OUTBOX_CHANNEL = "ackflow_outbox"
 class OutboxWaker:
     """Coalesces many `wake()` calls into a NOTIFY at most every `interval` seconds."""
 
-    def __init__(self, pool: asyncpg.Pool, *, interval: float = 0.002) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, interval: float = 0.010) -> None:
         self._pool = pool
         self._interval = interval
         self._pending = asyncio.Event()

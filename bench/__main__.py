@@ -98,14 +98,18 @@ SCENARIOS: dict[str, Scenario] = {
 async def run(profile: Profile, only: list[str]) -> dict[str, Any]:
     """The chosen scenarios (all by default), in order, against one freshly started stack."""
     results: dict[str, Any] = {}
+    took: dict[str, float] = {}
     async with running_stack() as stack:
         log(f"stack up (logs in {stack.root / 'logs'})")
         for name, scenario in SCENARIOS.items():
             if only and name not in only:
                 continue
             log(f"{name.replace('_', ' ')}:")
+            clock = time.monotonic()
             results[name] = await scenario(stack, profile, results, log)
-    return results
+            took[name] = round(time.monotonic() - clock, 1)
+            log(f"  ({took[name]:.0f} s)")
+    return results | {"scenario_seconds": took}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -124,6 +128,7 @@ def main(argv: list[str] | None = None) -> None:
         "started": started.strftime("%Y-%m-%d %H:%M UTC"),
         "profile": profile.name,
         "duration_s": round(time.monotonic() - clock, 1),
+        "scenario_seconds": results.pop("scenario_seconds"),
         "cpus": os.cpu_count(),
         "platform": f"{platform.system()} {platform.machine()}, Python {platform.python_version()}",
     }

@@ -29,19 +29,19 @@ class Profile:
 
 QUICK = Profile(
     name="quick",
-    accept_rates=(100, 150, 200, 275, 350, 450, 600, 800, 1000, 1300, 1700, 2200, 3000),
-    accept_step_seconds=2.0,
+    accept_rates=(150, 300, 500, 800, 1200, 1700, 2500),
+    accept_step_seconds=1.5,
     accept_p99_bound_ms=100.0,
-    half_load_seconds=3.0,
-    e2e_rates=(5, 10, 15, 20, 25, 30, 40, 50, 60, 80),
-    e2e_step_seconds=3.0,
-    e2e_grace_seconds=2.0,
+    half_load_seconds=2.0,
+    e2e_rates=(10, 20, 30, 40, 50, 60),
+    e2e_step_seconds=2.5,
+    e2e_grace_seconds=1.5,
     e2e_p99_bound_ms=1000.0,
     relay_lag_rates=(5, 10, 20),
     relay_lag_step_seconds=1.5,
     backlog_size=10_000,
     backlog_seconds=3.0,
-    notify_seconds=4.0,
+    notify_seconds=3.0,
     fanout_clients=(2500,),  # 10,000 take ~30 s to connect here: the full profile only
     webhook_deliveries=1000,
 )

@@ -125,7 +125,10 @@ def markdown(results: dict[str, Any]) -> str:
     meta = results["meta"]
     lines = [
         f"# ackflow benchmark, {meta['started']} ({meta['profile']} profile, {meta['duration_s']:.0f} s)\n",
-        f"{meta['cpus']} CPUs, {meta['platform']}. Ratios compare targets measured in this same run.\n",
+        f"{meta['cpus']} CPUs, {meta['platform']}. Ratios compare targets measured in this same run.",
+        "Seconds per scenario: "
+        + ", ".join(f"{name} {seconds:g}" for name, seconds in meta.get("scenario_seconds", {}).items())
+        + ".\n",
         "| figure | measured | target (issue 6) |",
         "| --- | --- | --- |",
         *[f"| {a} | {b} | {c} |" for a, b, c in headline(results)],

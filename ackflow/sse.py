@@ -1,4 +1,5 @@
-"""A parser of the WHATWG `text/event-stream` format, for the Python client and the tests."""
+"""The WHATWG `text/event-stream` format: frames as the gateway writes them, and a parser of them
+for the Python client and the tests."""
 
 from __future__ import annotations
 
@@ -7,6 +8,23 @@ import re
 from dataclasses import dataclass
 
 _LINE_END = re.compile(r"\r\n|\r|\n")  # the only line ends of an event stream (not U+2028, U+0085, ...)
+
+
+def event_frame(event_id: str, event: str, data: str) -> bytes:
+    """One event: its `id` and `event` lines, a `data` line per line of `data`, and the blank line."""
+    lines = [f"id: {_LINE_END.sub('', event_id)}", f"event: {_LINE_END.sub('', event)}"]
+    lines += [f"data: {line}" for line in _LINE_END.split(data)]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def comment_frame(text: str) -> bytes:
+    """A comment (a line per line of `text`): clients ignore it; it keeps proxies from closing the stream."""
+    return "".join(f": {line}\r\n" for line in _LINE_END.split(text)).encode() + b"\r\n"
+
+
+def retry_frame(milliseconds: int) -> bytes:
+    """How long a client waits before it reconnects (a frame of no event: it has no data)."""
+    return f"retry: {milliseconds}\r\n\r\n".encode()
 
 
 @dataclass

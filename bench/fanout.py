@@ -27,6 +27,7 @@ import httpx
 
 from ackflow import devstack
 from ackflow.contracts import DONE, TOPIC_FOR_STATUS
+from bench.cpu import cpu_seconds
 from bench.stack import Stack, wait_until_serving
 from bench.stats import percentiles
 
@@ -158,17 +159,20 @@ async def _round(stack: Stack, pool: asyncpg.Pool, size: int, log: Callable[[str
     stack.start_role("gateway")
     await wait_until_serving(stack)
     request_id = await _post_echo(stack)
-    before = rss_kib(stack.pid("gateway"))
+    gateway = {"gateway": stack.pid("gateway")}
+    before = rss_kib(gateway["gateway"])
     audience = Audience(stack, request_id)
-    clock = time.monotonic()
+    clock, cpu_at_start = time.monotonic(), cpu_seconds(gateway)
     try:
         await audience.connect(size)
-        connect_seconds = time.monotonic() - clock
+        connect_seconds, cpu_connected = time.monotonic() - clock, cpu_seconds(gateway)
         await asyncio.sleep(SETTLE_SECONDS)
-        connected = rss_kib(stack.pid("gateway"))
+        connected = rss_kib(gateway["gateway"])
+        cpu_idle = cpu_seconds(gateway)
         stack.ensure_role("relay")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(audience.all_received.wait(), DONE_TIMEOUT_SECONDS)
+        cpu_done = cpu_seconds(gateway)
         completed_at = await pool.fetchval(
             "SELECT extract(epoch FROM completed_at)::float8 FROM requests WHERE id = $1::uuid", request_id
         )
@@ -178,10 +182,14 @@ async def _round(stack: Stack, pool: asyncpg.Pool, size: int, log: Callable[[str
     latency = percentiles(delays)
     clients = len(audience.clients)
     per_client = (connected - before) / clients if clients else None
+    # Gateway CPU per client: to connect one, and to pass it the live events (PROCESSING, then DONE).
+    connect_us = _per(cpu_connected["gateway"] - cpu_at_start["gateway"], clients)
+    fanout_us = _per(cpu_done["gateway"] - cpu_idle["gateway"], len(delays))
     log(
         f"  {size} clients: {clients} connected in {connect_seconds:.1f}s, {len(audience.failed)} failed;"
         f" gateway RSS {before / 1024:.0f} -> {connected / 1024:.0f} MiB"
-        f" ({_num(per_client)} KiB/client); DONE -> all: {latency} ({len(delays)} received)"
+        f" ({_num(per_client)} KiB/client); DONE -> all: {latency} ({len(delays)} received);"
+        f" gateway CPU per client: {_num(connect_us)} us to connect, {_num(fanout_us)} us for PROCESSING + DONE"
     )
     return {
         "clients": size,
@@ -194,6 +202,7 @@ async def _round(stack: Stack, pool: asyncpg.Pool, size: int, log: Callable[[str
         "kib_per_client": None if per_client is None else round(per_client, 1),
         "received": len(delays),
         "latency_ms": latency.as_dict(),
+        "gateway_cpu_us_per_client": {"connect": _round1(connect_us), "processing_and_done": _round1(fanout_us)},
     }
 
 
@@ -203,6 +212,15 @@ async def _post_echo(stack: Stack) -> str:
         response = await http.post("/v1/requests", json={"kind": "echo", "payload": {"fanout": True}})
         response.raise_for_status()
         return str(response.json()["id"])
+
+
+def _per(cpu_seconds_spent: float, clients: int) -> float | None:
+    """Microseconds of CPU per client."""
+    return cpu_seconds_spent * 1e6 / clients if clients else None
+
+
+def _round1(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
 
 
 def _num(value: float | None) -> str:

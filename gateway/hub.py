@@ -161,7 +161,8 @@ class StreamSubscriber(Subscriber):
     async def next_message(self, timeout: float) -> bytes | None:
         """The next message, or None after `timeout` seconds (or when unsubscribed)."""
         try:
-            item = await asyncio.wait_for(self._queue.get(), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: on 3.11 that is a new Task per message
+                item = await self._queue.get()
         except TimeoutError:
             return None
         self._queue.task_done()

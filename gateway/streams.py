@@ -6,28 +6,39 @@ a live event whose version is the next one is passed on directly; a duplicate (v
 seen) is dropped; a gap (a version skipped: a message lost or reordered) is filled from Postgres.
 While the hub is degraded (Redis down) streams read Postgres every `poll_seconds`; when it comes
 back the hub sends RESYNC and every stream catches up once. Redis is never the record.
+
+One event may go to thousands of streams, so what is the same for all of them is done once: a
+live message is decoded once (every subscriber gets the same bytes), an event is encoded for SSE
+once, and the Postgres read that a gap or a RESYNC calls for is shared by every stream asking
+for the same thing at the same moment.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import functools
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import asyncpg
+import msgspec
 from litestar.channels import ChannelsPlugin
 
 from ackflow.contracts import TERMINAL_STATUSES
 from ackflow.db.queries import sql
 from ackflow.errors import TooManyRequests
-from ackflow.live import LiveEvent, decode_live_event, request_channel, tenant_channel
+from ackflow.live import decode_live_event, request_channel, tenant_channel
+from ackflow.sse import event_frame
 from gateway.hub import RESYNC, ResilientPubSubBackend, StreamSubscriber
 
 TENANT_REPLAY_LIMIT = 1000
 TRACKED_REQUESTS = 10_000
+T = TypeVar("T")
+DECODED_MESSAGES = 128  # live messages kept decoded while their fan-out runs (bounds memory, not correctness)
 
 
 @dataclass(frozen=True)
@@ -44,6 +55,11 @@ class StreamEvent:
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
+
+    @functools.cached_property
+    def sse(self) -> bytes:
+        """The event as an SSE frame, encoded once however many clients it is written to."""
+        return event_frame(str(self.id), self.topic, msgspec.json.encode(self.data).decode())
 
 
 class KeepAlive:
@@ -71,6 +87,33 @@ class StreamPosition:
         return self.status in TERMINAL_STATUSES and self.seen_version >= self.version
 
 
+class SharedReads(Generic[T]):
+    """One read for every caller that asks for the same thing before it is sent.
+
+    When an event reaches thousands of followers of one request with a gap before it, or Redis
+    comes back, they all need the same rows at once; one query answers them all. Only callers
+    that asked before the query went out share it, so each still sees all that was committed
+    before it asked (a later caller sends a new one).
+    """
+
+    def __init__(self) -> None:
+        self._waiting: dict[Hashable, asyncio.Task[T]] = {}
+
+    async def share(self, key: Hashable, read: Callable[[], Awaitable[T]]) -> T:
+        """What `read` returns, from a read already waiting to go out under `key` if there is one."""
+        task = self._waiting.get(key)
+        if task is None:
+            task = asyncio.create_task(self._send(key, read))
+            self._waiting[key] = task
+        return await asyncio.shield(task)  # one caller going away does not cancel it for the others
+
+    async def _send(self, key: Hashable, read: Callable[[], Awaitable[T]]) -> T:
+        # A task first runs after the callbacks already scheduled: every stream woken by the same
+        # message has joined by now.
+        del self._waiting[key]
+        return await read()
+
+
 class Streams:
     """What every stream needs: Postgres, the channels plugin and its backend's health, the timings."""
 
@@ -91,6 +134,7 @@ class Streams:
         self.backend = backend
         self.keepalive_seconds = keepalive_seconds
         self.poll_seconds = poll_seconds
+        self._reads: SharedReads[list[StreamEvent]] = SharedReads()
 
     def open_stream(self, tenant_id: uuid.UUID) -> Callable[[], None]:
         """Count a stream against the tenant's limit on this gateway; call what it returns when it ends."""
@@ -130,22 +174,26 @@ class Streams:
                 if event.terminal:
                     return
             async for item in self._live(subscriber):
-                if not isinstance(item, LiveEvent | bytes):
+                if not isinstance(item, StreamEvent | bytes):
                     yield item
                     if item is OVERFLOW:
                         return
                     continue
-                live = item if isinstance(item, LiveEvent) else None
+                live = item if isinstance(item, StreamEvent) else None
                 if live is not None and (live.request_id != rid or live.version <= last):
                     continue  # another request's message, or one already sent
                 if live is not None and live.version == last + 1:
-                    fresh = [_from_live(live)]
+                    fresh = [live]
                 else:  # a gap, a resync, or Redis degraded: Postgres has the truth
                     fresh = await self._request_events(tenant_id, request_id, last)
                 for event in fresh:
                     yield event
                     last = event.version
                     if event.terminal:
+                        # Every stream of this request was woken by the same event. Ending one
+                        # (unsubscribing, closing the response) costs more than writing the event,
+                        # so step back and let all the others write it first.
+                        await asyncio.sleep(0)
                         return
 
     async def follow_tenant(
@@ -164,20 +212,20 @@ class Streams:
                 _remember(seen, event)
                 yield event
             async for item in self._live(subscriber):
-                if not isinstance(item, LiveEvent | bytes):
+                if not isinstance(item, StreamEvent | bytes):
                     yield item
                     if item is OVERFLOW:
                         return
                     continue
-                if isinstance(item, LiveEvent):
+                if isinstance(item, StreamEvent):
                     previous = seen.get(item.request_id)
-                    if item.event_id <= last_event_id or (previous is not None and item.version <= previous):
+                    if item.id <= last_event_id or (previous is not None and item.version <= previous):
                         continue
                     if previous is not None and item.version > previous + 1:  # a gap in a request we follow
                         missed = await self._request_events(tenant_id, uuid.UUID(item.request_id), previous)
                         fresh = [e for e in missed if _matches(e.data, kind, status)]
                     else:
-                        fresh = [_from_live(item)] if _matches(item.data, kind, status) else []
+                        fresh = [item] if _matches(item.data, kind, status) else []
                 else:
                     fresh = await self._tenant_events(tenant_id, high_water, kind, status)
                 for event in fresh:
@@ -198,16 +246,16 @@ class Streams:
                 while (left := deadline - time.monotonic()) > 0:
                     wait = left if self.backend.healthy else min(left, self.poll_seconds)
                     raw = await subscriber.next_message(wait)
-                    live = decode_live_event(raw) if raw and raw != RESYNC else None
-                    if raw == RESYNC or (live and live.data.get("status") in TERMINAL_STATUSES):
+                    live = _decode_once(raw) if raw and raw != RESYNC else None
+                    if raw == RESYNC or (live and live.terminal):
                         break
                     if raw is None and not self.backend.healthy:
                         break
                 else:
                     return
 
-    async def _live(self, subscriber: StreamSubscriber) -> AsyncIterator[LiveEvent | bytes | KeepAlive | Overflow]:
-        """Live messages (decoded), RESYNC (as bytes) when Postgres must be read, keep-alives and overflow."""
+    async def _live(self, subscriber: StreamSubscriber) -> AsyncIterator[StreamEvent | bytes | KeepAlive | Overflow]:
+        """Live events, RESYNC (as bytes) when Postgres must be read, keep-alives and overflow."""
         last_write = time.monotonic()
         while True:
             until_keepalive = self.keepalive_seconds - (time.monotonic() - last_write)
@@ -226,7 +274,7 @@ class Streams:
             if raw == RESYNC:
                 yield RESYNC
                 continue
-            live = decode_live_event(raw)
+            live = _decode_once(raw)
             if live is not None:
                 last_write = time.monotonic()
                 yield live
@@ -234,8 +282,11 @@ class Streams:
     async def _request_events(
         self, tenant_id: uuid.UUID, request_id: uuid.UUID, after_version: int
     ) -> list[StreamEvent]:
-        rows = await self.pool.fetch(sql("request_events_after_version"), request_id, tenant_id, after_version)
-        return [_from_row(row) for row in rows]
+        async def read() -> list[StreamEvent]:
+            rows = await self.pool.fetch(sql("request_events_after_version"), request_id, tenant_id, after_version)
+            return [_from_row(row) for row in rows]
+
+        return await self._reads.share((tenant_id, request_id, after_version), read)
 
     async def _tenant_events(
         self, tenant_id: uuid.UUID, after_id: int, kind: str | None, status: str | None
@@ -248,7 +299,12 @@ def _from_row(row: Any) -> StreamEvent:
     return StreamEvent(row["id"], row["topic"], row["status"], row["version"], str(row["request_id"]), row["data"])
 
 
-def _from_live(live: LiveEvent) -> StreamEvent:
+@functools.lru_cache(maxsize=DECODED_MESSAGES)
+def _decode_once(raw: bytes) -> StreamEvent | None:
+    """The event a live message carries, or None; every subscriber gets the same bytes, decoded once."""
+    live = decode_live_event(raw)
+    if live is None:
+        return None
     status = str(live.data.get("status", ""))
     return StreamEvent(live.event_id, live.topic, status, live.version, live.request_id, live.data)
 

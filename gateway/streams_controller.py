@@ -13,21 +13,24 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
-import msgspec
 from litestar import Controller, Request, Response, WebSocket, get, websocket
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import WebSocketDisconnect
 from litestar.params import FromPath, QueryParameter
-from litestar.response import ServerSentEvent, ServerSentEventMessage
+from litestar.response import Stream
 from litestar.status_codes import WS_1000_NORMAL_CLOSURE, WS_1013_TRY_AGAIN_LATER
 
 from ackflow.contracts import ALL_STATUSES
 from ackflow.errors import InvalidInput, NotFound, TooManyRequests
 from ackflow.handlers import KIND_PATTERN
+from ackflow.sse import comment_frame, retry_frame
 from gateway.auth import current_socket_tenant, current_tenant, require_api_key, require_key_or_capability
 from gateway.streams import KEEPALIVE, OVERFLOW, StreamEvent, StreamItem, Streams
 
-SSE_RETRY_MILLISECONDS = 2000
+SSE_RETRY = retry_frame(2000)
+SSE_KEEPALIVE = comment_frame("keep-alive")
+SSE_OVERFLOW = comment_frame("too slow: reconnect with Last-Event-ID to catch up")
+SSE_HEADERS = {"Cache-Control": "no-cache", "Connection": "keep-alive", "X-Accel-Buffering": "no"}
 MAX_EVENT_ID = 2**63 - 1
 
 
@@ -57,7 +60,7 @@ class RequestStreamsController(Controller):
             return Response(None, status_code=204)  # tells EventSource the stream is over
         release = streams.open_stream(tenant_id)
         items = streams.follow_request(tenant_id, request_id, position.seen_version)
-        return ServerSentEvent(_sse(items, release), retry_duration=SSE_RETRY_MILLISECONDS)
+        return _event_stream(items, release)
 
     @websocket("/ws", dependencies={"tenant_id": Provide(current_socket_tenant, sync_to_thread=False)})
     async def socket(
@@ -106,7 +109,7 @@ class TenantStreamsController(Controller):
         kind: Annotated[str | None, QueryParameter(pattern=KIND_PATTERN.pattern)] = None,
         status: Annotated[str | None, QueryParameter(max_length=20)] = None,
         last_event_id: Annotated[int | None, QueryParameter(ge=0, le=MAX_EVENT_ID)] = None,
-    ) -> ServerSentEvent:
+    ) -> Stream:
         if status is not None and status not in ALL_STATUSES:
             raise InvalidInput(
                 f"status must be one of {', '.join(ALL_STATUSES)}",
@@ -117,7 +120,7 @@ class TenantStreamsController(Controller):
         after = _last_event_id(header, last_event_id) if header or last_event_id is not None else None
         release = streams.open_stream(tenant_id)
         items = streams.follow_tenant(tenant_id, after, kind, status)
-        return ServerSentEvent(_sse(items, release), retry_duration=SSE_RETRY_MILLISECONDS)
+        return _event_stream(items, release)
 
 
 def _last_event_id(header: str | None, query: int | None) -> int:
@@ -132,23 +135,24 @@ def _last_event_id(header: str | None, query: int | None) -> int:
     return int(header)
 
 
-async def _sse(items: AsyncIterator[StreamItem], release: Callable[[], None]) -> AsyncIterator[ServerSentEventMessage]:
+def _event_stream(items: AsyncIterator[StreamItem], release: Callable[[], None]) -> Stream:
+    # A plain Stream of ready-made frames, not Litestar's ServerSentEvent: that one encodes every
+    # message again for every client, and fetches its `retry:` line through a worker thread.
+    return Stream(_sse(items, release), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+async def _sse(items: AsyncIterator[StreamItem], release: Callable[[], None]) -> AsyncIterator[bytes]:
     try:
-        async for message in _messages(items):
-            yield message
+        yield SSE_RETRY
+        async for item in items:
+            if isinstance(item, StreamEvent):
+                yield item.sse  # the same bytes for every client of this event
+            elif item is KEEPALIVE:
+                yield SSE_KEEPALIVE  # a comment only, not an empty event
+            elif item is OVERFLOW:
+                yield SSE_OVERFLOW
     finally:
         release()
-
-
-async def _messages(items: AsyncIterator[StreamItem]) -> AsyncIterator[ServerSentEventMessage]:
-    async for item in items:
-        if isinstance(item, StreamEvent):
-            data = msgspec.json.encode(item.data).decode()
-            yield ServerSentEventMessage(data=data, event=item.topic, id=str(item.id))
-        elif item is KEEPALIVE:
-            yield ServerSentEventMessage(comment="keep-alive", data=None)  # a comment only, not an empty event
-        elif item is OVERFLOW:
-            yield ServerSentEventMessage(comment="too slow: reconnect with Last-Event-ID to catch up", data=None)
 
 
 async def _relay_to_socket(socket: WebSocket[Any, Any, Any], items: AsyncIterator[StreamItem]) -> tuple[int, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 
 import asyncpg
 from redis.asyncio import Redis
@@ -63,3 +64,34 @@ async def test_a_slow_stream_overflows_and_is_told_to_reconnect_while_a_fast_one
 
 async def _healthy(hub: ResilientPubSubBackend) -> bool:
     return hub.healthy
+
+
+async def test_streams_that_see_done_before_processing_fill_the_gap_from_postgres_in_order(
+    settings: Settings, pool: asyncpg.Pool, redis: Redis, registry: HandlerRegistry, tenant: Tenant
+) -> None:
+    await register_kinds(pool, registry, settings.task_queue)
+    row = await accept_request(pool, new_request_id(), tenant.id, "echo", {})
+    request_id: uuid.UUID = row["id"]
+    channels, hub = create_channels(redis)
+    async with channels:
+        streams = Streams(pool, channels, hub, keepalive_seconds=30, poll_seconds=1)
+        await assert_eventually(lambda: _healthy(hub), message="hub never connected")
+        followers = [streams.follow_request(tenant.id, request_id, 0) for _ in range(50)]
+        for follower in followers:
+            assert isinstance(await anext(follower), StreamEvent)  # INIT, from Postgres; now subscribed
+
+        async def rest(follower: AsyncIterator[object]) -> list[str]:
+            return [item.status async for item in follower if isinstance(item, StreamEvent)]
+
+        tasks = [asyncio.create_task(rest(follower)) for follower in followers]
+        await transition(pool, request_id, "PROCESSING", ("INIT",))
+        await transition(pool, request_id, "DONE", ("PROCESSING",), result={"ok": True})
+        for version, topic in ((3, "request.done"), (2, "request.processing")):  # published out of order
+            event = await pool.fetchrow(
+                "SELECT id, data FROM request_events WHERE version = $1 AND request_id = $2", version, request_id
+            )
+            live = LiveEvent(event["id"], topic, str(request_id), str(tenant.id), version, event["data"])
+            await redis.publish(request_channel(str(request_id)), encode_live_event(live))
+
+        seen = await asyncio.wait_for(asyncio.gather(*tasks), timeout=10)
+        assert seen == [["PROCESSING", "DONE"]] * len(followers)

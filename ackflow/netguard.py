@@ -1,7 +1,8 @@
 """SSRF protection for outbound webhooks: refuse URLs whose host resolves to an internal address.
 
 Checked when an endpoint is registered and again before every send (the answer may change between
-the two: DNS rebinding). The sender then connects to the address it checked, never resolving again.
+the two: DNS rebinding). The sender then connects to the address it checked, never resolving again;
+it may reuse an answer a few seconds old (`Resolver`), which it checks again all the same.
 Loopback, private, link-local (including cloud metadata at 169.254.169.254), shared, multicast,
 reserved and unspecified addresses are refused unless the deployment allows private targets
 (`ackflow dev` does, so local receivers work).
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -71,21 +73,49 @@ def is_internal(address: str) -> bool:
     )
 
 
-async def check_target(url: str, *, allow_private: bool, timeout: float = 5.0, field: str = "url") -> CheckedTarget:
+class Resolver:
+    """Resolves hosts for the webhook sender, remembering each answer for `ttl` seconds.
+
+    Remembering is safe because the SSRF guarantee never rests on an answer being fresh: every send
+    checks the addresses it is about to use, remembered or not, and connects to one of them. So a
+    DNS change (or a rebinding attempt) reaches the sender at most `ttl` seconds late, and can never
+    make it connect to an address that did not pass the check of that very send. Failures are not
+    remembered. It saves a thread hop to getaddrinfo (and a DNS query) per send: 0.3 ms of CPU for
+    `localhost`, more than the rest of the send.
+    """
+
+    def __init__(self, ttl: float = 10.0, max_hosts: int = 10_000) -> None:
+        self._ttl = ttl
+        self._max_hosts = max_hosts
+        self._answers: dict[tuple[str, int], tuple[float, tuple[str, ...]]] = {}
+
+    async def resolve(self, host: str, port: int, timeout: float, field: str) -> tuple[str, ...]:
+        now = time.monotonic()
+        remembered = self._answers.get((host, port))
+        if remembered is not None and remembered[0] > now:
+            return remembered[1]
+        addresses = await _resolve(host, port, timeout, field)
+        if len(self._answers) >= self._max_hosts:
+            self._answers = {key: answer for key, answer in self._answers.items() if answer[0] > now}
+        self._answers[(host, port)] = (now + self._ttl, addresses)
+        return addresses
+
+
+async def check_target(
+    url: str, *, allow_private: bool, timeout: float = 5.0, field: str = "url", resolver: Resolver | None = None
+) -> CheckedTarget:
     """Resolve the URL's host and refuse it if any address is internal (unless `allow_private`).
 
-    `field` names the input in the error (`url` of an endpoint, `callback_url` of a request).
+    `field` names the input in the error (`url` of an endpoint, `callback_url` of a request). With a
+    `resolver`, a recent answer may be reused; the addresses are checked all the same.
     """
     scheme, host, port = check_url_syntax(url, field=field)
     if not allow_private and (host in _METADATA_HOSTS or host == "localhost" or host.endswith(".localhost")):
         raise UnsafeUrl(f"the host {host} is internal", errors=_field("internal host", field))
-    try:
-        infos = await asyncio.wait_for(
-            asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM), timeout
-        )
-    except (TimeoutError, OSError):
-        raise UnsafeUrl(f"the host {host} does not resolve", errors=_field("does not resolve", field)) from None
-    addresses = tuple(dict.fromkeys(str(info[4][0]) for info in infos))
+    addresses = _literal_address(host)
+    if not addresses:
+        resolve = resolver.resolve if resolver is not None else _resolve
+        addresses = await resolve(host, port, timeout, field)
     if not allow_private:
         internal = [a for a in addresses if is_internal(a)]
         if internal:
@@ -94,6 +124,26 @@ async def check_target(url: str, *, allow_private: bool, timeout: float = 5.0, f
                 errors=_field("internal address", field),
             )
     return CheckedTarget(url, scheme, host, port, addresses)
+
+
+def _literal_address(host: str) -> tuple[str, ...]:
+    """The host itself if it is an IP address in standard form: nothing to resolve, so no thread hop
+    to getaddrinfo. Other numeric forms (`2130706433`, `0x7f000001`, `127.1`) go through getaddrinfo,
+    which reads them as the connection would."""
+    try:
+        return (str(ipaddress.ip_address(host)),)
+    except ValueError:
+        return ()
+
+
+async def _resolve(host: str, port: int, timeout: float, field: str) -> tuple[str, ...]:
+    try:
+        infos = await asyncio.wait_for(
+            asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM), timeout
+        )
+    except (TimeoutError, OSError):
+        raise UnsafeUrl(f"the host {host} does not resolve", errors=_field("does not resolve", field)) from None
+    return tuple(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
 def _field(message: str, field: str) -> list[dict[str, str]]:

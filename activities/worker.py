@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import asyncpg
-import httpx
 from temporalio.client import Client
 from temporalio.worker import Worker
 
@@ -20,7 +19,14 @@ from ackflow.handlers import HandlerRegistry
 from ackflow.settings import Settings
 from activities.request_activities import RequestActivities
 from activities.webhook_activities import WebhookActivities
-from callbacks import EndpointLimiter, TemporalRetryStarter, WebhookAttempts, WebhookDispatcher, WebhookSender
+from callbacks import (
+    EndpointLimiter,
+    SplitTransport,
+    TemporalRetryStarter,
+    WebhookAttempts,
+    WebhookDispatcher,
+    WebhookSender,
+)
 from workflows import ProcessRequestWorkflow, WebhookRetryWorkflow
 
 log = logging.getLogger(__name__)
@@ -34,10 +40,9 @@ async def register_kinds(pool: asyncpg.Pool, registry: HandlerRegistry, task_que
 
 @contextlib.asynccontextmanager
 async def webhook_attempts(pool: asyncpg.Pool, settings: Settings) -> AsyncIterator[WebhookAttempts]:
-    """What sends webhooks: one HTTP client (no redirects, bounded pool), limits, health bookkeeping."""
-    limits = httpx.Limits(max_connections=settings.webhook_max_in_flight, max_keepalive_connections=100)
-    async with httpx.AsyncClient(limits=limits, follow_redirects=False, trust_env=False) as http:
-        sender = WebhookSender(http, allow_private=settings.webhook_allow_private)
+    """What sends webhooks: one HTTP transport (a connection for each attempt in flight), limits, health bookkeeping."""
+    async with SplitTransport(settings.webhook_max_in_flight) as transport:
+        sender = WebhookSender(transport, allow_private=settings.webhook_allow_private)
         yield WebhookAttempts(
             pool,
             sender,

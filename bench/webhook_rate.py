@@ -33,6 +33,7 @@ from ackflow.db.queries import sql
 from ackflow.ids import new_request_id
 from ackflow.settings import Settings
 from ackflow.tenants import create_tenant
+from bench.cpu import cpu_seconds, cpu_spent
 from bench.stack import Stack
 from callbacks.fanout import webhook_body
 
@@ -86,12 +87,15 @@ async def measure_webhook_rate(stack: Stack, deliveries: int, log: Callable[[str
     async with running_receiver_process(stack) as receiver:
         endpoint_id = await _register_endpoint(stack, api_key, receiver.url, in_flight)
         ackflow = await _ackflow(stack, receiver, tenant_id, endpoint_id, _events(deliveries))
-        ceiling = await _ceiling(receiver, _events(deliveries), in_flight)  # new ids: counted apart
+        ceiling = await _ceiling(stack, receiver, _events(deliveries), in_flight)  # new ids: counted apart
     ratio = ackflow["rate"] / ceiling["rate"] if ackflow["rate"] and ceiling["rate"] else None
     log(
         f"  {deliveries} deliveries at {in_flight} in flight: ackflow {_num(ackflow['rate'])}/s"
         f" ({ackflow['received']} received, {ackflow['succeeded']} succeeded),"
         f" plain httpx {_num(ceiling['rate'])}/s ({ceiling['errors']} errors); ratio {_num(ratio)}"
+    )
+    log(
+        f"  CPU ms per delivery: ackflow {ackflow['cpu_ms_per_delivery']}, plain httpx {ceiling['cpu_ms_per_delivery']}"
     )
     return {
         "deliveries": deliveries,
@@ -158,16 +162,20 @@ async def _ackflow(
         transaction = connection.transaction()
         await transaction.start()
         await connection.executemany(sql("fan_out_webhooks"), args)
+        pids = {name: stack.pid(name) for name in ("worker", "postgres", "receiver")}
+        cpu_before = cpu_seconds(pids)
         started = time.time()
         await transaction.commit()  # the trigger's NOTIFY goes out now and wakes the dispatcher
         await receiver.wait_for(before + len(events), _timeout(len(events)))
         arrivals = await receiver.arrivals()
         states = await _states_when_settled(connection, endpoint_id, len(events))
+        cpu = cpu_spent(cpu_before, cpu_seconds(pids))  # every delivery recorded: the worker's whole cost
     finally:
         await connection.close()
     return _summary(started, arrivals, [rid for rid, _ in events]) | {
         "succeeded": states.get("succeeded", 0),
         "states": states,
+        "cpu_ms_per_delivery": _per_delivery(cpu, len(events)),
     }
 
 
@@ -184,12 +192,15 @@ async def _states_when_settled(connection: asyncpg.Connection, endpoint_id: uuid
         await asyncio.sleep(POLL_SECONDS)
 
 
-async def _ceiling(receiver: ReceiverProcess, events: list[tuple[str, str]], in_flight: int) -> dict[str, Any]:
+async def _ceiling(
+    stack: Stack, receiver: ReceiverProcess, events: list[tuple[str, str]], in_flight: int
+) -> dict[str, Any]:
     """The same bodies, POSTed by `in_flight` concurrent senders over one httpx client."""
     limits = httpx.Limits(max_connections=in_flight, max_keepalive_connections=in_flight)
     errors = 0
     pending = iter(events)
     before = await receiver.count()
+    cpu_before = cpu_seconds({"receiver": stack.pid("receiver")}) | {"httpx": time.process_time()}
     async with httpx.AsyncClient(limits=limits, trust_env=False, timeout=30) as http:
 
         async def sender() -> None:
@@ -203,8 +214,12 @@ async def _ceiling(receiver: ReceiverProcess, events: list[tuple[str, str]], in_
 
         started = time.time()
         await asyncio.gather(*(sender() for _ in range(in_flight)))
+    cpu = cpu_spent(cpu_before, cpu_seconds({"receiver": stack.pid("receiver")}) | {"httpx": time.process_time()})
     await receiver.wait_for(before + len(events), _timeout(len(events)))
-    return _summary(started, await receiver.arrivals(), [rid for rid, _ in events]) | {"errors": errors}
+    return _summary(started, await receiver.arrivals(), [rid for rid, _ in events]) | {
+        "errors": errors,
+        "cpu_ms_per_delivery": _per_delivery(cpu, len(events)),
+    }
 
 
 def _summary(started: float, arrivals: dict[str, float], request_ids: list[str]) -> dict[str, Any]:
@@ -218,6 +233,11 @@ def _summary(started: float, arrivals: dict[str, float], request_ids: list[str])
         "first_ms": round((min(times) - started) * 1000, 1) if times else None,
         "rate": round(len(times) / elapsed, 1) if elapsed and complete else None,
     }
+
+
+def _per_delivery(cpu: dict[str, float], count: int) -> dict[str, float]:
+    """CPU milliseconds per delivery of each process (Postgres: all its backends)."""
+    return {name: round(seconds * 1000 / count, 2) for name, seconds in cpu.items()}
 
 
 def _timeout(count: int) -> float:

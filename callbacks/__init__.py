@@ -9,9 +9,11 @@ from callbacks.publisher import StatusPublisher
 from callbacks.retries import TemporalRetryStarter
 from callbacks.sender import WebhookSender
 from callbacks.status_route import StatusEventRoute
+from callbacks.transport import SplitTransport
 
 __all__ = [
     "EndpointLimiter",
+    "SplitTransport",
     "StatusEventRoute",
     "StatusPublisher",
     "TemporalRetryStarter",

@@ -1,9 +1,10 @@
 """The webhook dispatcher: makes first attempts (and resends) as soon as a delivery is created.
 
 Woken by NOTIFY on `ackflow_webhooks` (or every poll interval), it claims due deliveries under a
-lease (`FOR UPDATE SKIP LOCKED`, so several dispatchers share the work) and attempts them, up to
-`max_in_flight` at once, without waiting for a batch to finish. A dispatcher that dies mid-attempt
-loses its lease and another re-attempts with the same `webhook-id`. A first attempt that fails
+lease (`FOR UPDATE SKIP LOCKED`, so several dispatchers share the work), with all their attempts
+need, and attempts them, up to `max_in_flight` at once, without waiting for a batch to finish. One
+statement renews the leases of all it has under way; a dispatcher that dies mid-attempt loses its
+leases and another re-attempts with the same `webhook-id`. A first attempt that fails
 hands the delivery to its durable retry schedule on Temporal; a healthy receiver costs Temporal
 nothing, so deliveries are not limited by how fast Temporal completes workflows.
 """
@@ -56,7 +57,7 @@ class WebhookDispatcher:
         self._poll_seconds = poll_seconds
         self._lease_seconds = lease_seconds
         self._wake = asyncio.Event()
-        self._in_flight: set[asyncio.Task[None]] = set()
+        self._in_flight: dict[asyncio.Task[None], uuid.UUID] = {}  # attempt -> its delivery
 
     async def run(self, stop: asyncio.Event) -> None:
         """Dispatch until `stop` is set; attempts under way get a few seconds to finish."""
@@ -65,6 +66,7 @@ class WebhookDispatcher:
                 self._database_url, NOTIFY_CHANNEL, self._wake.set, stop, retry_seconds=self._poll_seconds
             )
         )
+        keeper = asyncio.create_task(self._keep_leases())
         try:
             while not stop.is_set():
                 claimed = 0
@@ -80,48 +82,50 @@ class WebhookDispatcher:
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await listener
-            await self._finish_in_flight()
+            await self._finish_in_flight()  # their leases are kept meanwhile
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
 
     async def _claim_and_start(self, limit: int) -> int:
         rows = await self._pool.fetch(sql("claim_webhook_deliveries"), limit, self._lease_seconds)
         for row in rows:
             task = asyncio.create_task(self._deliver(row))
-            self._in_flight.add(task)
+            self._in_flight[task] = row["id"]
             task.add_done_callback(self._done)
         return len(rows)
 
     def _done(self, task: asyncio.Task[None]) -> None:
-        self._in_flight.discard(task)
+        self._in_flight.pop(task, None)
         self._wake.set()  # a slot is free
         if not task.cancelled() and task.exception() is not None:
             log.warning("webhook delivery task failed (its lease will expire and it is retried): %r", task.exception())
 
     async def _deliver(self, row: Any) -> None:
         trigger = "manual" if row["single_attempt"] else "first" if row["attempts"] == 0 else "retry"
-        keeper = asyncio.create_task(self._keep_lease(row["id"]))
-        try:
-            outcome = await self._attempts.attempt(row["id"], trigger=trigger, retry_state=DELIVERING)
-            if outcome.state == DELIVERING:  # failed, may be retried: hand it to its durable schedule
-                await self._start_retries(row["id"], outcome.attempt, outcome.retry_after)
-                await self._pool.execute(sql("mark_delivery_retrying"), row["id"])
-        finally:
-            keeper.cancel()
-            await asyncio.gather(keeper, return_exceptions=True)
+        outcome = await self._attempts.attempt_claimed(row, trigger=trigger, retry_state=DELIVERING)
+        if outcome.state == DELIVERING:  # failed, may be retried: hand it to its durable schedule
+            await self._start_retries(row["id"], outcome.attempt, outcome.retry_after)
+            await self._pool.execute(sql("mark_delivery_retrying"), row["id"])
 
-    async def _keep_lease(self, delivery_id: uuid.UUID) -> None:
-        """Renew the lease while this dispatcher works on the delivery (waiting for the endpoint's limits
-        may take longer than a lease): only a dispatcher that died lets it run out."""
+    async def _keep_leases(self) -> None:
+        """Renew the leases of the deliveries under way (waiting for an endpoint's limits may take longer
+        than a lease): only a dispatcher that died lets them run out."""
         while True:
             await asyncio.sleep(self._lease_seconds / 3)
+            if not self._in_flight:
+                continue
             try:
-                await self._pool.execute(sql("extend_webhook_lease"), delivery_id, self._lease_seconds)
+                await self._pool.execute(
+                    sql("extend_webhook_leases"), list(self._in_flight.values()), self._lease_seconds
+                )
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("renewing the lease of webhook delivery %s failed: %s", delivery_id, exc)
+                log.warning("renewing the leases of %d webhook deliveries failed: %s", len(self._in_flight), exc)
 
     async def _finish_in_flight(self, grace_seconds: float = 5.0) -> None:
         if not self._in_flight:
             return
-        _, pending = await asyncio.wait(set(self._in_flight), timeout=grace_seconds)
+        _, pending = await asyncio.wait(list(self._in_flight), timeout=grace_seconds)
         for task in pending:
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -179,34 +179,42 @@ SELECT encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid())
 ON CONFLICT DO NOTHING;
 
 -- name: claim_webhook_deliveries
--- Due deliveries (and ones whose dispatcher died mid-attempt: lease expired), under a lease.
-UPDATE webhook_deliveries d
-   SET state = 'delivering', lease_until = now() + make_interval(secs => $2), updated_at = now()
- WHERE d.id IN (
-        SELECT id FROM webhook_deliveries
-         WHERE (state = 'pending' AND next_attempt_at <= now())
-            OR (state = 'delivering' AND lease_until < now())
-         ORDER BY next_attempt_at
-         LIMIT $1
-           FOR UPDATE SKIP LOCKED)
-RETURNING d.id, d.tenant_id, d.endpoint_id, d.message_id, d.url, d.body, d.attempts, d.single_attempt;
+-- Due deliveries (and ones whose dispatcher died mid-attempt: lease expired), under a lease, with
+-- all an attempt needs (the columns of delivery_for_attempt), so a first attempt reads nothing more.
+WITH claimed AS (
+    UPDATE webhook_deliveries d
+       SET state = 'delivering', lease_until = now() + make_interval(secs => $2), updated_at = now()
+     WHERE d.id IN (
+            SELECT id FROM webhook_deliveries
+             WHERE (state = 'pending' AND next_attempt_at <= now())
+                OR (state = 'delivering' AND lease_until < now())
+             ORDER BY next_attempt_at
+             LIMIT $1
+               FOR UPDATE SKIP LOCKED)
+    RETURNING d.*
+)
+SELECT d.id, d.tenant_id, d.endpoint_id, d.message_id, coalesce(e.url, d.url) AS url, d.body, d.state, d.attempts,
+       d.single_attempt, e.enabled AS endpoint_enabled, e.deleted_at AS endpoint_deleted_at,
+       ARRAY(SELECT secret FROM webhook_secrets s
+              WHERE s.endpoint_id = d.endpoint_id AND (s.expires_at IS NULL OR s.expires_at > now())
+              ORDER BY s.id DESC) AS secrets
+  FROM claimed d LEFT JOIN webhook_endpoints e ON e.id = d.endpoint_id;
 
--- name: extend_webhook_lease
--- The dispatcher attempting the delivery is alive: keep the others off it.
+-- name: extend_webhook_leases
+-- The dispatcher attempting these deliveries is alive: keep the others off them.
 UPDATE webhook_deliveries SET lease_until = now() + make_interval(secs => $2)
- WHERE id = $1 AND state = 'delivering';
+ WHERE id = ANY ($1::uuid[]) AND state = 'delivering';
 
 -- name: delivery_for_attempt
--- The endpoint's current url: a resend after the partner fixed its url goes to the fixed one.
-SELECT d.id, d.tenant_id, d.endpoint_id, d.message_id, coalesce(e.url, d.url) AS url, d.body, d.state, d.attempts, d.single_attempt,
-       e.enabled AS endpoint_enabled, e.deleted_at AS endpoint_deleted_at
+-- The endpoint's current url: a resend after the partner fixed its url goes to the fixed one. The
+-- endpoint's active signing secrets, newest first (none for a callback_url: the tenant's secret signs).
+SELECT d.id, d.tenant_id, d.endpoint_id, d.message_id, coalesce(e.url, d.url) AS url, d.body, d.state, d.attempts,
+       d.single_attempt, e.enabled AS endpoint_enabled, e.deleted_at AS endpoint_deleted_at,
+       ARRAY(SELECT secret FROM webhook_secrets s
+              WHERE s.endpoint_id = d.endpoint_id AND (s.expires_at IS NULL OR s.expires_at > now())
+              ORDER BY s.id DESC) AS secrets
   FROM webhook_deliveries d LEFT JOIN webhook_endpoints e ON e.id = d.endpoint_id
  WHERE d.id = $1;
-
--- name: endpoint_signing_secrets
-SELECT secret FROM webhook_secrets
- WHERE endpoint_id = $1 AND (expires_at IS NULL OR expires_at > now())
- ORDER BY id DESC;
 
 -- name: tenant_signing_secret
 -- The tenant's default signing secret, made from $2 on first use. When first uses race, the losers'
@@ -237,8 +245,25 @@ UPDATE webhook_deliveries
    SET state = $4, attempts = $2, last_status = $5, last_error = $8, url = $10, lease_until = NULL, updated_at = now()
  WHERE id = $1;
 
--- name: endpoint_succeeded
-UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL;
+-- name: record_successes
+-- Succeeded attempts of many deliveries in one statement (one array element per delivery): each
+-- attempt, its delivery now succeeded, and its endpoint healthy again.
+WITH done AS (
+    SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::timestamptz[], $5::int[], $6::int[], $7::text[],
+                         $8::text[])
+        AS t (delivery_id, attempt, trigger, attempted_at, status_code, latency_ms, response_body, url)
+), attempts AS (
+    INSERT INTO webhook_attempts (delivery_id, attempt, trigger, attempted_at, status_code, latency_ms, response_body)
+    SELECT delivery_id, attempt, trigger, attempted_at, status_code, latency_ms, response_body FROM done
+), healthy AS (
+    UPDATE webhook_endpoints SET failing_since = NULL
+     WHERE id = ANY ($9::uuid[]) AND failing_since IS NOT NULL
+)
+UPDATE webhook_deliveries d
+   SET state = 'succeeded', attempts = done.attempt, last_status = done.status_code, last_error = NULL,
+       url = done.url, lease_until = NULL, updated_at = now()
+  FROM done
+ WHERE d.id = done.delivery_id;
 
 -- name: endpoint_failed
 -- Remember when the endpoint started failing ($2 is the attempt time); returns since when it fails.

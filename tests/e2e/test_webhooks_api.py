@@ -122,13 +122,13 @@ async def test_production_mode_refuses_at_send_time_an_endpoint_registered_while
 
 async def test_a_production_sender_refuses_a_loopback_target_without_connecting_to_it(receiver: Receiver) -> None:
     secrets = [new_webhook_secret()]
-    async with httpx.AsyncClient() as client:
-        refused = await WebhookSender(client, allow_private=False).send(receiver.url(), "msg_1", "{}", secrets)
+    async with httpx.AsyncHTTPTransport() as transport:
+        refused = await WebhookSender(transport, allow_private=False).send(receiver.url(), "msg_1", "{}", secrets)
         assert refused.error is not None and refused.error.startswith("refused"), refused
         assert refused.status_code is None and not refused.succeeded
         assert receiver.received == []
 
-        allowed = await WebhookSender(client, allow_private=True).send(receiver.url(), "msg_2", "{}", secrets)
+        allowed = await WebhookSender(transport, allow_private=True).send(receiver.url(), "msg_2", "{}", secrets)
     assert allowed.succeeded and [r.webhook_id for r in receiver.received] == ["msg_2"]
 
 

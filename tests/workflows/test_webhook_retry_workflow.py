@@ -83,7 +83,7 @@ class Rig:
 
 @pytest.fixture
 async def rig(workflow_env: WorkflowEnvironment, pool: asyncpg.Pool, tenant: Tenant) -> AsyncIterator[Rig]:
-    async with running_receiver() as receiver, httpx.AsyncClient() as http:
+    async with running_receiver() as receiver, httpx.AsyncHTTPTransport() as http:
         endpoint_id = uuid.uuid4()
         await pool.execute(
             sql("create_endpoint"),

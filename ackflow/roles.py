@@ -33,13 +33,18 @@ class SignalFreeServer(uvicorn.Server):
 
 
 async def run_gateway(
-    settings: Settings, stop: asyncio.Event, *, pool: asyncpg.Pool | None = None, redis: Redis | None = None
+    settings: Settings,
+    stop: asyncio.Event,
+    *,
+    pool: asyncpg.Pool | None = None,
+    redis: Redis | None = None,
+    freeze_at_startup: bool = False,
 ) -> None:
-    """Serve HTTP on settings.http_host:http_port until `stop` is set."""
+    """Serve HTTP on settings.http_host:http_port until `stop` is set (see create_app for `freeze_at_startup`)."""
     from gateway import create_app
 
     config = uvicorn.Config(
-        create_app(settings, pool=pool, redis=redis),
+        create_app(settings, pool=pool, redis=redis, freeze_at_startup=freeze_at_startup),
         host=settings.http_host,
         port=settings.http_port,
         log_level="warning",

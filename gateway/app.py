@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -39,8 +40,20 @@ from gateway.webhooks_controller import WebhooksController
 STATE_DEPENDENCIES = ("services", "streams")
 
 
-def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None, redis: Redis | None = None) -> Litestar:
-    """The gateway. Opens its own Postgres pool and Redis client unless given them (tests, `ackflow dev`)."""
+def create_app(
+    settings: Settings,
+    *,
+    pool: asyncpg.Pool | None = None,
+    redis: Redis | None = None,
+    freeze_at_startup: bool = False,
+) -> Litestar:
+    """The gateway. Opens its own Postgres pool and Redis client unless given them (tests, `ackflow dev`).
+
+    `freeze_at_startup`, for a process that is only this gateway: once started, everything that
+    exists (modules, the app, its clients) lives as long as the process, so it is frozen out of the
+    garbage collector's full passes, which would otherwise rescan it every time. With 10,000 SSE
+    clients a full pass took about 1 s; DONE -> all of them went from p99 2.2-2.6 s to 1.7 s.
+    """
     own_redis = redis is None
     redis_client = redis or Redis.from_url(
         settings.redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=10
@@ -80,6 +93,9 @@ def create_app(settings: Settings, *, pool: asyncpg.Pool | None = None, redis: R
             background = [asyncio.create_task(app.state.authenticator.follow_revocations(channels))]
             if settings.outbox_notify:  # else the relays only poll, and accepts' wake() calls go unsent
                 background.append(asyncio.create_task(outbox_waker.run()))
+            if freeze_at_startup:
+                gc.collect()
+                gc.freeze()
             try:
                 yield
             finally:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator
 
 import asyncpg
 from litestar import Litestar, Router
@@ -35,10 +34,6 @@ from gateway.streams import Streams
 from gateway.streams_controller import RequestStreamsController, TenantStreamsController
 from gateway.webhooks_controller import WebhooksController
 
-# What the lifespan builds and handlers ask for by name (each a `NamedDependency`): `services` holds
-# it all (see gateway/services.py for why one); the stream handlers still ask for `streams` alone.
-STATE_DEPENDENCIES = ("services", "streams")
-
 
 def create_app(
     settings: Settings,
@@ -62,37 +57,34 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        own_pool = pool is None
-        app.state.pool = pool or await create_pool(
+        db = pool or await create_pool(
             settings.database_url, size=settings.db_pool_size, timeout=settings.connect_timeout_seconds
         )
         try:
-            app.state.authenticator = ApiKeyAuthenticator(app.state.pool, settings.auth_cache_seconds)
-            app.state.capability_tokens = CapabilityTokens(
-                await load_signing_key(app.state.pool), settings.capability_ttl_seconds
-            )
-            app.state.streams = Streams(
-                app.state.pool,
+            # The guards read these two from app.state; handlers get everything as `services`.
+            app.state.authenticator = ApiKeyAuthenticator(db, settings.auth_cache_seconds)
+            app.state.capability_tokens = CapabilityTokens(await load_signing_key(db), settings.capability_ttl_seconds)
+            streams = Streams(
+                db,
                 channels,
                 hub,
                 keepalive_seconds=settings.stream_keepalive_seconds,
                 poll_seconds=settings.stream_poll_seconds,
                 max_per_tenant=settings.max_streams_per_tenant,
             )
-            outbox_waker = OutboxWaker(app.state.pool)
             app.state.services = GatewayServices(
                 settings=settings,
-                pool=app.state.pool,
+                pool=db,
                 redis=redis_client,
                 hub=hub,
-                streams=app.state.streams,
+                streams=streams,
                 capability_tokens=app.state.capability_tokens,
-                rate_limiter=AcceptRateLimiter(redis_client, app.state.pool, settings.rate_limit_per_second),
-                outbox_waker=outbox_waker,
+                rate_limiter=AcceptRateLimiter(redis_client, db, settings.rate_limit_per_second),
+                outbox_waker=OutboxWaker(db),
             )
             background = [asyncio.create_task(app.state.authenticator.follow_revocations(channels))]
             if settings.outbox_notify:  # else the relays only poll, and accepts' wake() calls go unsent
-                background.append(asyncio.create_task(outbox_waker.run()))
+                background.append(asyncio.create_task(app.state.services.outbox_waker.run()))
             if freeze_at_startup:
                 gc.collect()
                 gc.freeze()
@@ -105,8 +97,8 @@ def create_app(
         finally:
             if own_redis:
                 await redis_client.aclose()
-            if own_pool:
-                await app.state.pool.close()
+            if pool is None:
+                await db.close()
 
     return Litestar(
         route_handlers=[
@@ -122,7 +114,8 @@ def create_app(
         lifespan=[lifespan],
         plugins=[channels],
         dependencies={
-            **{name: Provide(_from_state(name), sync_to_thread=False) for name in STATE_DEPENDENCIES},
+            # Handlers' one dependency (see gateway/services.py for why one).
+            "services": Provide(_services, sync_to_thread=False),
         },
         exception_handlers=EXCEPTION_HANDLERS,
         request_class=JsonRequest,
@@ -153,10 +146,7 @@ def create_app(
     )
 
 
-def _from_state(name: str) -> Callable[[State], Any]:
-    """A dependency that hands out what the lifespan put in `app.state` under `name`."""
-
-    def provide(state: State) -> Any:
-        return state[name]
-
-    return provide
+def _services(state: State) -> GatewayServices:
+    """What the lifespan built."""
+    services: GatewayServices = state.services
+    return services

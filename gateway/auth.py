@@ -14,7 +14,6 @@ import uuid
 from typing import Any
 
 import asyncpg
-from litestar import Request, WebSocket
 from litestar.channels import ChannelsPlugin
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
@@ -89,9 +88,9 @@ async def require_api_key(connection: ASGIConnection[Any, Any, Any, Any], _: Bas
     connection.state.tenant_id = await authenticator.tenant_for(connection.headers.get("authorization"))
 
 
-def current_tenant(request: Request[Any, Any, Any]) -> uuid.UUID:
-    """Dependency: the tenant the guard authenticated."""
-    tenant_id: uuid.UUID = request.state.tenant_id
+def current_tenant(connection: ASGIConnection[Any, Any, Any, Any]) -> uuid.UUID:
+    """The tenant the guard authenticated for this request or socket."""
+    tenant_id: uuid.UUID = connection.state.tenant_id
     return tenant_id
 
 
@@ -110,9 +109,3 @@ async def require_key_or_capability(connection: ASGIConnection[Any, Any, Any, An
     if tenant_id is None:
         raise Unauthorized("the token is not valid for this request (forged, expired or for another request)")
     connection.state.tenant_id = tenant_id
-
-
-def current_socket_tenant(socket: WebSocket[Any, Any, Any]) -> uuid.UUID:
-    """Dependency: the tenant the guard authenticated, for WebSocket routes."""
-    tenant_id: uuid.UUID = socket.state.tenant_id
-    return tenant_id

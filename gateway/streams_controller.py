@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, WebSocket, get, websocket
-from litestar.di import NamedDependency, Provide
+from litestar.di import NamedDependency
 from litestar.exceptions import WebSocketDisconnect
 from litestar.params import FromPath, QueryParameter
 from litestar.response import Stream
@@ -24,8 +24,9 @@ from ackflow.contracts import ALL_STATUSES
 from ackflow.errors import InvalidInput, NotFound, TooManyRequests
 from ackflow.handlers import KIND_PATTERN
 from ackflow.sse import comment_frame, retry_frame
-from gateway.auth import current_socket_tenant, current_tenant, require_api_key, require_key_or_capability
-from gateway.streams import KEEPALIVE, OVERFLOW, StreamEvent, StreamItem, Streams
+from gateway.auth import current_tenant, require_api_key, require_key_or_capability
+from gateway.services import GatewayServices
+from gateway.streams import KEEPALIVE, OVERFLOW, StreamEvent, StreamItem
 
 SSE_RETRY = retry_frame(2000)
 SSE_KEEPALIVE = comment_frame("keep-alive")
@@ -39,7 +40,6 @@ class RequestStreamsController(Controller):
 
     path = "/v1/requests/{request_id:uuid}"
     guards = [require_key_or_capability]
-    dependencies = {"tenant_id": Provide(current_tenant, sync_to_thread=False)}
     tags = ["live results"]
 
     @get("/events", summary="Server-Sent Events of one request", media_type="text/event-stream")
@@ -47,11 +47,11 @@ class RequestStreamsController(Controller):
         self,
         request: Request[Any, Any, Any],
         request_id: FromPath[uuid.UUID],
-        tenant_id: NamedDependency[uuid.UUID],
-        streams: NamedDependency[Streams],
+        services: NamedDependency[GatewayServices],
         last_event_id: Annotated[int | None, QueryParameter(ge=0, le=MAX_EVENT_ID)] = None,
         token: Annotated[str | None, QueryParameter(max_length=200)] = None,
     ) -> Response[Any]:
+        tenant_id, streams = current_tenant(request), services.streams
         after = _last_event_id(request.headers.get("last-event-id"), last_event_id)
         position = await streams.position(tenant_id, request_id, after)
         if position is None:
@@ -62,17 +62,17 @@ class RequestStreamsController(Controller):
         items = streams.follow_request(tenant_id, request_id, position.seen_version)
         return _event_stream(items, release)
 
-    @websocket("/ws", dependencies={"tenant_id": Provide(current_socket_tenant, sync_to_thread=False)})
+    @websocket("/ws")
     async def socket(
         self,
         socket: WebSocket[Any, Any, Any],
         request_id: FromPath[uuid.UUID],
-        tenant_id: NamedDependency[uuid.UUID],
-        streams: NamedDependency[Streams],
+        services: NamedDependency[GatewayServices],
         last_event_id: Annotated[int | None, QueryParameter(ge=0, le=MAX_EVENT_ID)] = None,
         token: Annotated[str | None, QueryParameter(max_length=200)] = None,
     ) -> None:
         """The same events as JSON messages `{id, event, data}`; pings; a normal close after the terminal one."""
+        tenant_id, streams = current_tenant(socket), services.streams
         position = await streams.position(tenant_id, request_id, last_event_id or 0)
         await socket.accept()
         if position is None:
@@ -97,15 +97,13 @@ class TenantStreamsController(Controller):
 
     path = "/v1/events"
     guards = [require_api_key]
-    dependencies = {"tenant_id": Provide(current_tenant, sync_to_thread=False)}
     tags = ["live results"]
 
     @get("/", summary="Server-Sent Events of all the tenant's requests", media_type="text/event-stream")
     async def events(
         self,
         request: Request[Any, Any, Any],
-        tenant_id: NamedDependency[uuid.UUID],
-        streams: NamedDependency[Streams],
+        services: NamedDependency[GatewayServices],
         kind: Annotated[str | None, QueryParameter(pattern=KIND_PATTERN.pattern)] = None,
         status: Annotated[str | None, QueryParameter(max_length=20)] = None,
         last_event_id: Annotated[int | None, QueryParameter(ge=0, le=MAX_EVENT_ID)] = None,
@@ -116,6 +114,7 @@ class TenantStreamsController(Controller):
                 status_code=400,
                 errors=[{"field": "status", "in": "query", "message": "unknown status"}],
             )
+        tenant_id, streams = current_tenant(request), services.streams
         header = request.headers.get("last-event-id")
         after = _last_event_id(header, last_event_id) if header or last_event_id is not None else None
         release = streams.open_stream(tenant_id)

@@ -36,6 +36,8 @@ DEFAULT_RATE = 200.0
 TENANT = "bench"  # the tenant bench/stack.py creates
 SETTLE_SECONDS = 30.0
 COMPLETED = "SELECT count(*) FROM requests WHERE completed_at IS NOT NULL"
+# As the relay's admission counts them (ackflow/db/queries.sql, claim_outbox).
+WORKFLOWS_IN_FLIGHT = "SELECT count(*) FROM requests WHERE workflow_started_at IS NOT NULL AND completed_at IS NULL"
 
 
 async def measure_backlog(
@@ -68,7 +70,7 @@ async def measure_backlog(
             )
     finally:
         stack.stop("relay")
-        await _wait_for(pool, sql("workflows_in_flight"), lambda in_flight: in_flight == 0)
+        await _wait_for(pool, WORKFLOWS_IN_FLIGHT, lambda in_flight: in_flight == 0)
         await pool.close()
         await clear_accepted(stack.database_url)
     return {

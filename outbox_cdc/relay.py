@@ -84,32 +84,23 @@ class OutboxRelay:
 
     async def relay_batch(self) -> int:
         """Claim and dispatch one batch; return how many rows were claimed."""
+        admitted_topic = self._admission.topic if self._admission is not None else ""
+        max_in_flight = self._admission.max_in_flight if self._admission is not None else None
         async with self._pool.acquire() as connection, connection.transaction():
-            rows = await self._claim(connection)
+            rows = await connection.fetch(sql("claim_outbox"), self._batch_size, admitted_topic, max_in_flight)
             if not rows:
                 return 0
             events = [OutboxEvent(**dict(row)) for row in rows]
             outcomes = await asyncio.gather(*(self._dispatch(event) for event in events))
             succeeded = [event for event, error in zip(events, outcomes, strict=True) if error is None]
             if succeeded:
-                await connection.execute(sql("delete_outbox"), [event.id for event in succeeded])
-            if self._admission is not None:
-                await self._admission.admitted(connection, [e for e in succeeded if e.topic == self._admission.topic])
+                started = [event.request_id for event in succeeded if event.topic == admitted_topic]
+                await connection.execute(sql("finish_outbox"), [event.id for event in succeeded], started)
             for event, error in zip(events, outcomes, strict=True):
                 if error is not None:
                     delay = min(MAX_BACKOFF_SECONDS, 0.5 * 2**event.attempts)
                     await connection.execute(sql("postpone_outbox"), event.id, error[:1000], delay)
             return len(rows)
-
-    async def _claim(self, connection: asyncpg.Connection) -> list[asyncpg.Record]:
-        """A batch of due rows; rows of the admitted topic only as far as there is room in flight."""
-        admitted_topic = self._admission.topic if self._admission is not None else ""
-        rows = list(await connection.fetch(sql("claim_outbox"), self._batch_size, admitted_topic))
-        if self._admission is not None and len(rows) < self._batch_size:
-            room = min(self._batch_size - len(rows), await self._admission.room(connection))
-            if room > 0:
-                rows += await connection.fetch(sql("claim_outbox_topic"), room, admitted_topic)
-        return rows
 
     async def _dispatch(self, event: OutboxEvent) -> str | None:
         """Run the event's route; None on success, else the error to record."""

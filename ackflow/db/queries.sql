@@ -89,30 +89,36 @@ ON CONFLICT (kind) DO UPDATE
    SET task_queue = EXCLUDED.task_queue, options = EXCLUDED.options, registered_at = now();
 
 -- name: claim_outbox
--- Due rows of every topic but $2 (the admitted one, claimed separately within its room).
-SELECT id, topic, tenant_id, request_id, event_id, payload, attempts
-  FROM outbox
- WHERE available_at <= now() AND topic <> $2
- ORDER BY id
- LIMIT $1
-   FOR UPDATE SKIP LOCKED;
+-- One batch of due rows, oldest first, locked for this relay: up to $1 rows of every topic but $2,
+-- then rows of topic $2 (the admitted one: request.accepted) only as far as $3 (the most request
+-- workflows started and not finished) leaves room; $3 NULL: no limit.
+WITH others AS (
+    SELECT id, topic, tenant_id, request_id, event_id, payload, attempts
+      FROM outbox
+     WHERE available_at <= now() AND topic <> $2
+     ORDER BY id
+     LIMIT $1
+       FOR UPDATE SKIP LOCKED
+), in_flight AS (
+    SELECT count(*) AS n FROM requests WHERE workflow_started_at IS NOT NULL AND completed_at IS NULL
+), admitted AS (
+    SELECT id, topic, tenant_id, request_id, event_id, payload, attempts
+      FROM outbox
+     WHERE available_at <= now() AND topic = $2
+     ORDER BY id
+     LIMIT greatest(0, least($1 - (SELECT count(*) FROM others), $3::bigint - (SELECT n FROM in_flight)))
+       FOR UPDATE SKIP LOCKED
+)
+SELECT * FROM others
+UNION ALL
+SELECT * FROM admitted;
 
--- name: claim_outbox_topic
-SELECT id, topic, tenant_id, request_id, event_id, payload, attempts
-  FROM outbox
- WHERE available_at <= now() AND topic = $2
- ORDER BY id
- LIMIT $1
-   FOR UPDATE SKIP LOCKED;
-
--- name: workflows_in_flight
-SELECT count(*) FROM requests WHERE workflow_started_at IS NOT NULL AND completed_at IS NULL;
-
--- name: mark_workflows_started
-UPDATE requests SET workflow_started_at = coalesce(workflow_started_at, now()) WHERE id = ANY ($1::uuid[]);
-
--- name: delete_outbox
-DELETE FROM outbox WHERE id = ANY($1::bigint[]);
+-- name: finish_outbox
+-- Rows $1 were dispatched: delete them; requests $2 had their workflows started just now.
+WITH dispatched AS (
+    DELETE FROM outbox WHERE id = ANY($1::bigint[])
+)
+UPDATE requests SET workflow_started_at = coalesce(workflow_started_at, now()) WHERE id = ANY($2::uuid[]);
 
 -- name: postpone_outbox
 UPDATE outbox

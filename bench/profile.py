@@ -29,7 +29,7 @@ class Profile:
 
 QUICK = Profile(
     name="quick",
-    accept_rates=(150, 300, 500, 800, 1200, 1700, 2500),
+    accept_rates=(300, 500, 800, 1200, 1700, 2500),
     accept_step_seconds=1.5,
     accept_p99_bound_ms=100.0,
     half_load_seconds=2.0,
@@ -38,10 +38,10 @@ QUICK = Profile(
     e2e_grace_seconds=1.5,
     e2e_p99_bound_ms=1000.0,
     relay_lag_rates=(5, 10, 20),
-    relay_lag_step_seconds=1.5,
+    relay_lag_step_seconds=1.0,
     backlog_size=10_000,
     backlog_seconds=3.0,
-    notify_seconds=3.0,
+    notify_seconds=2.5,
     fanout_clients=(2500,),  # 10,000 take ~30 s to connect here: the full profile only
     webhook_deliveries=1000,
 )

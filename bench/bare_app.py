@@ -18,12 +18,12 @@ from typing import Any
 
 import asyncpg
 import msgspec
-import uvicorn
 from litestar import Litestar, post
 from litestar.datastructures import State
 
 from ackflow.db.pool import create_pool
 from ackflow.ids import new_request_id
+from bench.serve import serve_on_bench_port
 
 TABLE_DDL = """
 CREATE TABLE IF NOT EXISTS bare_requests (
@@ -80,17 +80,7 @@ def create_app(database_url: str, pool_size: int = 10) -> Litestar:
 
 def main() -> None:
     """Serve the bare endpoint on 127.0.0.1:$BENCH_PORT until SIGINT/SIGTERM."""
-    app = create_app(os.environ["BENCH_DATABASE_URL"])
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=int(os.environ["BENCH_PORT"]),
-        log_level="warning",
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=3,
-    )
-    uvicorn.Server(config).run()
+    serve_on_bench_port(create_app(os.environ["BENCH_DATABASE_URL"]), lifespan="on", timeout_graceful_shutdown=3)
 
 
 if __name__ == "__main__":

@@ -10,13 +10,12 @@ Run as `python -m bench.receiver_process` with BENCH_PORT set.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import msgspec
-import uvicorn
 
 from bench.receiver import Receiver
+from bench.serve import serve_on_bench_port
 
 
 class ReceiverApp:
@@ -37,16 +36,7 @@ class ReceiverApp:
 
 def main() -> None:
     """Serve on 127.0.0.1:$BENCH_PORT until SIGINT/SIGTERM."""
-    config = uvicorn.Config(
-        ReceiverApp(),
-        host="127.0.0.1",
-        port=int(os.environ["BENCH_PORT"]),
-        log_level="warning",
-        access_log=False,
-        lifespan="off",
-        backlog=4096,
-    )
-    uvicorn.Server(config).run()
+    serve_on_bench_port(ReceiverApp(), lifespan="off", backlog=4096)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
@@ -25,13 +26,7 @@ from tests.helpers import assert_eventually
 async def test_a_slow_stream_overflows_and_is_told_to_reconnect_while_a_fast_one_keeps_up(
     settings: Settings, pool: asyncpg.Pool, redis: Redis, registry: HandlerRegistry, tenant: Tenant
 ) -> None:
-    await register_kinds(pool, registry, settings.task_queue)
-    row = await accept_request(pool, new_request_id(), tenant.id, "echo", {})
-    request_id: uuid.UUID = row["id"]
-    channels, hub = create_channels(redis)
-    async with channels:
-        streams = Streams(pool, channels, hub, keepalive_seconds=30, poll_seconds=1)
-        await assert_eventually(lambda: _healthy(hub), message="hub never connected")
+    async with accepted_and_followed(settings, pool, redis, registry, tenant) as (request_id, streams):
         fast = streams.follow_request(tenant.id, request_id, 0)
         slow = streams.follow_request(tenant.id, request_id, 0)
         assert isinstance(await anext(fast), StreamEvent)  # INIT, from Postgres; both now subscribed
@@ -49,12 +44,7 @@ async def test_a_slow_stream_overflows_and_is_told_to_reconnect_while_a_fast_one
             await redis.publish(request_channel(str(request_id)), noise)
         await transition(pool, request_id, "PROCESSING", ("INIT",))
         await transition(pool, request_id, "DONE", ("PROCESSING",), result={"ok": True})
-        for version, topic in ((2, "request.processing"), (3, "request.done")):
-            event = await pool.fetchrow(
-                "SELECT id, data FROM request_events WHERE version = $1 AND request_id = $2", version, request_id
-            )
-            live = LiveEvent(event["id"], topic, str(request_id), str(tenant.id), version, event["data"])
-            await redis.publish(request_channel(str(request_id)), encode_live_event(live))
+        await publish_recorded(pool, redis, tenant, request_id, [(2, "request.processing"), (3, "request.done")])
 
         await asyncio.wait_for(fast_task, timeout=10)
         assert [e.status for e in fast_seen] == ["PROCESSING", "DONE"]
@@ -69,13 +59,7 @@ async def _healthy(hub: ResilientPubSubBackend) -> bool:
 async def test_streams_that_see_done_before_processing_fill_the_gap_from_postgres_in_order(
     settings: Settings, pool: asyncpg.Pool, redis: Redis, registry: HandlerRegistry, tenant: Tenant
 ) -> None:
-    await register_kinds(pool, registry, settings.task_queue)
-    row = await accept_request(pool, new_request_id(), tenant.id, "echo", {})
-    request_id: uuid.UUID = row["id"]
-    channels, hub = create_channels(redis)
-    async with channels:
-        streams = Streams(pool, channels, hub, keepalive_seconds=30, poll_seconds=1)
-        await assert_eventually(lambda: _healthy(hub), message="hub never connected")
+    async with accepted_and_followed(settings, pool, redis, registry, tenant) as (request_id, streams):
         followers = [streams.follow_request(tenant.id, request_id, 0) for _ in range(50)]
         for follower in followers:
             assert isinstance(await anext(follower), StreamEvent)  # INIT, from Postgres; now subscribed
@@ -86,12 +70,35 @@ async def test_streams_that_see_done_before_processing_fill_the_gap_from_postgre
         tasks = [asyncio.create_task(rest(follower)) for follower in followers]
         await transition(pool, request_id, "PROCESSING", ("INIT",))
         await transition(pool, request_id, "DONE", ("PROCESSING",), result={"ok": True})
-        for version, topic in ((3, "request.done"), (2, "request.processing")):  # published out of order
-            event = await pool.fetchrow(
-                "SELECT id, data FROM request_events WHERE version = $1 AND request_id = $2", version, request_id
-            )
-            live = LiveEvent(event["id"], topic, str(request_id), str(tenant.id), version, event["data"])
-            await redis.publish(request_channel(str(request_id)), encode_live_event(live))
+        await publish_recorded(  # out of order
+            pool, redis, tenant, request_id, [(3, "request.done"), (2, "request.processing")]
+        )
 
         seen = await asyncio.wait_for(asyncio.gather(*tasks), timeout=10)
         assert seen == [["PROCESSING", "DONE"]] * len(followers)
+
+
+@contextlib.asynccontextmanager
+async def accepted_and_followed(
+    settings: Settings, pool: asyncpg.Pool, redis: Redis, registry: HandlerRegistry, tenant: Tenant
+) -> AsyncIterator[tuple[uuid.UUID, Streams]]:
+    """An accepted echo request, and Streams on a hub that has connected to Redis."""
+    await register_kinds(pool, registry, settings.task_queue)
+    row = await accept_request(pool, new_request_id(), tenant.id, "echo", {})
+    channels, hub = create_channels(redis)
+    async with channels:
+        streams = Streams(pool, channels, hub, keepalive_seconds=30, poll_seconds=1)
+        await assert_eventually(lambda: _healthy(hub), message="hub never connected")
+        yield row["id"], streams
+
+
+async def publish_recorded(
+    pool: asyncpg.Pool, redis: Redis, tenant: Tenant, request_id: uuid.UUID, events: list[tuple[int, str]]
+) -> None:
+    """Publish the request's recorded events (version, topic) on its channel, in the order given."""
+    for version, topic in events:
+        event = await pool.fetchrow(
+            "SELECT id, data FROM request_events WHERE version = $1 AND request_id = $2", version, request_id
+        )
+        live = LiveEvent(event["id"], topic, str(request_id), str(tenant.id), version, event["data"])
+        await redis.publish(request_channel(str(request_id)), encode_live_event(live))

@@ -57,10 +57,12 @@ async def bench_with(
     return await Bench.create(env.client, pool, registry)
 
 
-async def run_to_end(bench: Bench, request_id: str, kind: str) -> tuple[Any, WorkflowHistory]:
+async def run_to_end(
+    bench: Bench, request_id: str, kind: str, *, options_known: bool = True
+) -> tuple[Any, WorkflowHistory]:
     """Run the request's workflow on a worker until it ends; its result and its history."""
     async with bench.worker():
-        handle = await bench.start(request_id, kind)
+        handle = await bench.start(request_id, kind, options_known=options_known)
         outcome = await asyncio.wait_for(handle.result(), RESULT_TIMEOUT)
         return outcome, await handle.fetch_history()
 
@@ -150,10 +152,7 @@ async def test_request_cancelled_before_its_workflow_started_never_runs_its_hand
     request_id = await bench.accept("echo", {"x": 1})
     assert await transition(pool, request_id, CANCELLED, (INIT,))
 
-    async with bench.worker():
-        handle = await bench.start(request_id, "echo", options_known=options_known)
-        outcome = await asyncio.wait_for(handle.result(), RESULT_TIMEOUT)
-        history = await handle.fetch_history()
+    outcome, history = await run_to_end(bench, request_id, "echo", options_known=options_known)
 
     assert outcome == expected_outcome
     assert echo.calls == 0
@@ -163,38 +162,23 @@ async def test_request_cancelled_before_its_workflow_started_never_runs_its_hand
     assert await bench.topics(request_id) == ["request.accepted", "request.cancelled"]
 
 
-async def test_request_accepted_before_its_kind_registered_options_runs_with_the_workers_options(
-    workflow_env: WorkflowEnvironment, pool: asyncpg.Pool
+@pytest.mark.parametrize(
+    ("options_known", "local_activities"), [(True, 0), (False, 1)], ids=["options-in-input", "options-from-worker"]
+)
+async def test_a_kinds_registered_options_schedule_its_handler_with_one_local_activity_only_when_not_in_the_input(
+    workflow_env: WorkflowEnvironment, pool: asyncpg.Pool, options_known: bool, local_activities: int
 ) -> None:
     echo = Echo()
     bench = await bench_with(workflow_env, pool, "echo", echo, start_to_close_seconds=42)
     request_id = await bench.accept("echo", {"x": 1})
 
-    async with bench.worker():
-        handle = await bench.start(request_id, "echo", options_known=False)
-        outcome = await asyncio.wait_for(handle.result(), RESULT_TIMEOUT)
-        history = await handle.fetch_history()
+    outcome, history = await run_to_end(bench, request_id, "echo", options_known=options_known)
 
     assert outcome == DONE
     assert echo.calls == 1
     assert scheduled_timeouts(history) == [42.0]
-    row = await bench.request(request_id)
-    assert (row["status"], row["version"], row["result"]) == (DONE, 3, {"x": 1})
-    assert await bench.topics(request_id) == ["request.accepted", "request.processing", "request.done"]
-
-
-async def test_handler_options_registered_with_the_kind_reach_the_handler_activity_without_a_local_activity(
-    workflow_env: WorkflowEnvironment, pool: asyncpg.Pool
-) -> None:
-    echo = Echo()
-    bench = await bench_with(workflow_env, pool, "echo", echo, start_to_close_seconds=42)
-    request_id = await bench.accept("echo", {"x": 1})
-
-    outcome, history = await run_to_end(bench, request_id, "echo")
-
-    assert outcome == DONE
-    assert scheduled_timeouts(history) == [42.0]
-    assert not [e for e in history.events if e.HasField("marker_recorded_event_attributes")]  # no local activity
+    markers = [e for e in history.events if e.HasField("marker_recorded_event_attributes")]
+    assert len(markers) == local_activities  # each local activity leaves one marker
     row = await bench.request(request_id)
     assert (row["status"], row["version"], row["result"]) == (DONE, 3, {"x": 1})
     assert await bench.topics(request_id) == ["request.accepted", "request.processing", "request.done"]

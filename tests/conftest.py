@@ -214,4 +214,3 @@ async def client(stack: None, settings: Settings, tenant: Tenant) -> AsyncIterat
     """An HTTP client of the running gateway, authenticated as `tenant`."""
     async with api_client(settings, tenant.api_key) as http:
         yield http
-

@@ -21,15 +21,33 @@ async def test_fuzzing_every_route_from_the_schema_finds_no_server_error_and_no_
     await client.post("/v1/requests", json={"kind": "echo", "payload": {}})  # something to list
     base = f"http://127.0.0.1:{settings.http_port}"
     process = await asyncio.create_subprocess_exec(
-        SCHEMATHESIS, "run", f"{base}/schema/openapi.json",
-        "--header", f"Authorization: Bearer {tenant.api_key}",
-        "--checks", "not_a_server_error,response_schema_conformance",
-        "--phases", "coverage,fuzzing",
-        "--max-examples", "25", "--max-time", "60", "--workers", "1", "--request-timeout", "10",
+        SCHEMATHESIS,
+        "run",
+        f"{base}/schema/openapi.json",
+        "--header",
+        f"Authorization: Bearer {tenant.api_key}",
+        "--checks",
+        "not_a_server_error,response_schema_conformance",
+        "--phases",
+        "coverage,fuzzing",
+        "--max-examples",
+        "25",
+        "--max-time",
+        "60",
+        "--workers",
+        "1",
+        "--request-timeout",
+        "10",
         # Streams stay open by design (the tenant stream never ends): they are fuzzed by hand elsewhere.
-        "--exclude-path-regex", r"^/v1/events$|/ws$",
-        "--seed", "20261127", "--suppress-health-check", "all",
-        cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        "--exclude-path-regex",
+        r"^/v1/events$|/ws$",
+        "--seed",
+        "20261127",
+        "--suppress-health-check",
+        "all",
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     output, _ = await asyncio.wait_for(process.communicate(), timeout=300)
     report = output.decode(errors="replace")

@@ -31,8 +31,14 @@ async def limited(
     """The stack with a tenant limited to 2 accepts a second and 2 open streams per gateway."""
     own = replace(settings, max_streams_per_tenant=2, stream_keepalive_seconds=30)
     process = await asyncio.create_subprocess_exec(
-        ACKFLOW, "tenant", "set-rate", "acme", "2", env={**os.environ, "DATABASE_URL": own.database_url},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        ACKFLOW,
+        "tenant",
+        "set-rate",
+        "acme",
+        "2",
+        env={**os.environ, "DATABASE_URL": own.database_url},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     _, err = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 0, err

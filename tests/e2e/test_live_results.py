@@ -93,9 +93,7 @@ async def test_tenant_stream_carries_only_its_own_requests_filtered_by_kind(
             await submit(other, "echo", {"tenant": "other"})
         await submit(client, "fail", {})
         mine = await submit(client, "echo", {"tenant": "mine"})
-        events = await asyncio.wait_for(
-            read_sse(response, until=lambda e: e.event == "request.done"), timeout=30
-        )
+        events = await asyncio.wait_for(read_sse(response, until=lambda e: e.event == "request.done"), timeout=30)
     assert {e.json()["id"] for e in events} == {mine["id"]}
     assert events[-1].json()["result"] == {"tenant": "mine"}
 

@@ -83,8 +83,7 @@ async def test_relay_starts_each_request_once_when_killed_between_claim_and_dele
         started[str(event.request_id)] += 1
         await hang.wait()  # the relay "dies" here: workflow started, outbox row not yet deleted
 
-    dying = OutboxRelay(pool, settings.database_url, {**routes, TOPIC_ACCEPTED: start_then_hang},
-                        dispatch_timeout=60)
+    dying = OutboxRelay(pool, settings.database_url, {**routes, TOPIC_ACCEPTED: start_then_hang}, dispatch_timeout=60)
     stop = asyncio.Event()
     task = asyncio.create_task(dying.run(stop))
     await assert_eventually(lambda: _all_started(started, ids), message="first relay never started them all")
@@ -118,7 +117,7 @@ async def test_two_relays_on_one_outbox_dispatch_every_row_exactly_once(
 
     assert len(counts) == 200
     assert set(counts.values()) == {1}, "a row was dispatched twice"
-    for request_id in ids[:: 20]:
+    for request_id in ids[::20]:
         assert await executions_of(temporal, request_id) == 1
 
 
@@ -217,8 +216,11 @@ async def test_relay_admits_no_more_workflows_than_its_in_flight_limit_and_the_r
     await register_kinds(pool, registry, settings.task_queue)
     ids = await accept_requests(pool, tenant, 20)
     relay = OutboxRelay(
-        pool, settings.database_url, relay_routes(temporal, redis, settings, pool),
-        poll_seconds=0.2, admission=WorkflowAdmission(5),
+        pool,
+        settings.database_url,
+        relay_routes(temporal, redis, settings, pool),
+        poll_seconds=0.2,
+        admission=WorkflowAdmission(5),
     )
     async with relaying(relay):  # no worker yet: nothing finishes, so only 5 may start
         await assert_eventually(lambda: _started_count(pool, 5), message="the first 5 were not admitted")

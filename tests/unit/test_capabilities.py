@@ -27,7 +27,12 @@ def test_forged_tampered_or_malformed_tokens_open_nothing() -> None:
         f"{tenant_part}.{int(expires) + 3600}.{signature}",  # longer life, same signature
         f"{other_tenant}.{expires}.{signature}",  # another tenant
         f"{tenant_part}.{expires}.{signature[:-2]}AA",
-        "", "a.b", "a.b.c.d", f"{tenant_part}.-1.{signature}", "x" * 500, "!!.1.!!",
+        "",
+        "a.b",
+        "a.b.c.d",
+        f"{tenant_part}.-1.{signature}",
+        "x" * 500,
+        "!!.1.!!",
     ]
     for candidate in candidates:
         assert tokens.tenant_for(candidate, REQUEST, now=1_000_010) is None, candidate

@@ -15,8 +15,22 @@ from ackflow.netguard import Resolver, UnsafeUrl, check_target, check_url_syntax
 @pytest.mark.parametrize(
     "address",
     [
-        "127.0.0.1", "127.8.9.10", "10.0.0.1", "172.16.5.4", "192.168.1.1", "169.254.169.254", "100.64.0.1",
-        "0.0.0.0", "224.0.0.1", "240.0.0.1", "::1", "fe80::1", "fc00::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1", "::",
+        "127.0.0.1",
+        "127.8.9.10",
+        "10.0.0.1",
+        "172.16.5.4",
+        "192.168.1.1",
+        "169.254.169.254",
+        "100.64.0.1",
+        "0.0.0.0",
+        "224.0.0.1",
+        "240.0.0.1",
+        "::1",
+        "fe80::1",
+        "fc00::1",
+        "::ffff:127.0.0.1",
+        "::ffff:10.0.0.1",
+        "::",
     ],
 )
 def test_internal_addresses_are_recognised(address: str) -> None:
@@ -30,8 +44,16 @@ def test_public_addresses_are_not_internal(address: str) -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["ftp://example.com/x", "file:///etc/passwd", "http://", "http://user:pw@example.com/", "gopher://x", "x" * 3000,
-     "http://example.com:99999/", "javascript:alert(1)"],
+    [
+        "ftp://example.com/x",
+        "file:///etc/passwd",
+        "http://",
+        "http://user:pw@example.com/",
+        "gopher://x",
+        "x" * 3000,
+        "http://example.com:99999/",
+        "javascript:alert(1)",
+    ],
 )
 def test_malformed_or_non_http_urls_are_refused(url: str) -> None:
     with pytest.raises(UnsafeUrl):
@@ -40,8 +62,16 @@ def test_malformed_or_non_http_urls_are_refused(url: str) -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["http://127.0.0.1/hook", "http://169.254.169.254/latest/meta-data", "http://10.0.0.1/", "http://localhost:8080/",
-     "http://[::1]/", "http://0x7f000001/", "http://2130706433/", "http://metadata.google.internal/"],
+    [
+        "http://127.0.0.1/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "http://10.0.0.1/",
+        "http://localhost:8080/",
+        "http://[::1]/",
+        "http://0x7f000001/",
+        "http://2130706433/",
+        "http://metadata.google.internal/",
+    ],
 )
 async def test_internal_targets_are_refused_in_production(url: str) -> None:
     with pytest.raises(UnsafeUrl) as refused:

@@ -156,12 +156,14 @@ async def measure_end_to_end(stack: Stack, profile: Profile, log: Callable[[str]
         await pool.close()
         stack.stop("raw-worker")
     result: dict[str, Any] = {"p99_bound_ms": profile.e2e_p99_bound_ms, "grace_s": profile.e2e_grace_seconds}
+    # CPU per request compares like with like: over the rates that both sustained (it rises with load).
+    common = min(ramp.max_rate for ramp in ramps.values())
     for name, ramp in ramps.items():
         result[name] = {
             "max_rate": ramp.max_rate,
             "capped_by_ramp": not ramp.broke,
             "steps": [s.summary() | {"sustainable": ok} for s, ok in zip(ramp.steps, ramp.verdicts, strict=True)],
-            "cpu_ms_per_request": cpu_per_request(ramp.sustained),
+            "cpu_ms_per_request": cpu_per_request([s for s in ramp.sustained if s.offered_rate <= common]),
         }
     raw_max = result["temporal"]["max_rate"]
     result["ratio"] = round(result["ackflow"]["max_rate"] / raw_max, 3) if raw_max else None

@@ -108,7 +108,7 @@ def _gateway(args: argparse.Namespace, settings: Settings) -> None:
         from ackflow.services import open_services
 
         async with open_services(settings, redis=True, temporal=False) as services:
-            await run_gateway(settings, stop, pool=services.pool, redis=services.redis, freeze_at_startup=True)
+            await run_gateway(settings, stop, pool=services.pool, redis=services.redis, tune_gc=True)
 
     run_until_signalled(role)
 

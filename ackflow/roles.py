@@ -38,13 +38,13 @@ async def run_gateway(
     *,
     pool: asyncpg.Pool | None = None,
     redis: Redis | None = None,
-    freeze_at_startup: bool = False,
+    tune_gc: bool = False,
 ) -> None:
-    """Serve HTTP on settings.http_host:http_port until `stop` is set (see create_app for `freeze_at_startup`)."""
+    """Serve HTTP on settings.http_host:http_port until `stop` is set (see create_app for `tune_gc`)."""
     from gateway import create_app
 
     config = uvicorn.Config(
-        create_app(settings, pool=pool, redis=redis, freeze_at_startup=freeze_at_startup),
+        create_app(settings, pool=pool, redis=redis, tune_gc=tune_gc),
         host=settings.http_host,
         port=settings.http_port,
         log_level="warning",

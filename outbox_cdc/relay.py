@@ -108,7 +108,8 @@ class OutboxRelay:
         if route is None:
             return f"no route for topic {event.topic!r}"
         try:
-            await asyncio.wait_for(route(event), self._dispatch_timeout)
+            async with asyncio.timeout(self._dispatch_timeout):  # no Task per dispatch, unlike wait_for
+                await route(event)
         except Exception as exc:  # any failure keeps the row for a later attempt
             log.warning("dispatch of outbox row %s (%s) failed: %r", event.id, event.topic, exc)
             return f"{type(exc).__name__}: {exc}"

@@ -8,9 +8,7 @@ schedule of fractions of a second, against a real loopback receiver (tests/recei
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
@@ -27,25 +25,9 @@ from ackflow.handlers import HandlerRegistry
 from ackflow.settings import Settings
 from ackflow.webhook_secrets import new_webhook_secret
 from tests.conftest import Tenant, api_client, running_roles
+from tests.e2e.conftest import FAST_SCHEDULE
 from tests.helpers import assert_eventually, assert_problem, wait_for_status
 from tests.receiver import Receiver, Reply, running_receiver
-
-FAST_SCHEDULE = (0.2, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3)
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    async with running_receiver() as running:
-        yield running
-
-
-@pytest.fixture
-async def http(
-    settings: Settings, pool: asyncpg.Pool, redis: Redis, temporal: Client, registry: HandlerRegistry, tenant: Tenant
-) -> AsyncIterator[httpx.AsyncClient]:
-    """The whole stack, with a retry schedule of fractions of a second instead of hours."""
-    async with webhook_stack(settings, pool, redis, temporal, registry, tenant.api_key) as client:
-        yield client
 
 
 async def register(http: httpx.AsyncClient, url: str, event_types: list[str], **extra: Any) -> dict[str, Any]:
@@ -118,16 +100,6 @@ async def _deliveries(
 
 
 # --- helpers -----------------------------------------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def webhook_stack(
-    settings: Settings, pool: asyncpg.Pool, redis: Redis, temporal: Client, registry: HandlerRegistry, api_key: str
-) -> AsyncIterator[httpx.AsyncClient]:
-    """The whole stack with the fast retry schedule and a 2 s dispatcher lease, and a client of it."""
-    fast = replace(settings, webhook_retry_schedule=FAST_SCHEDULE, webhook_lease_seconds=2)
-    async with running_roles(fast, pool, redis, temporal, registry), api_client(fast, api_key) as client:
-        yield client
 
 
 async def send_test(http: httpx.AsyncClient, endpoint_id: str) -> str:

@@ -22,28 +22,14 @@ from ackflow.settings import Settings
 from ackflow.webhook_secrets import new_webhook_secret
 from callbacks import WebhookSender
 from tests.conftest import Tenant, api_client
-from tests.e2e.test_webhooks import register, send_test, wait_delivery, webhook_stack
+from tests.e2e.conftest import webhook_stack
+from tests.e2e.test_webhooks import register, send_test, wait_delivery
 from tests.helpers import assert_problem
-from tests.receiver import Receiver, running_receiver
+from tests.receiver import Receiver
 
 NO_SUCH_ID = "00000000-0000-4000-8000-000000000000"
 INTERNAL_URLS = ("http://127.0.0.1/x", "http://169.254.169.254/latest", "http://10.0.0.1/", "http://localhost:8080/")
 WEBHOOK_TABLES = ("webhook_endpoints", "webhook_secrets", "webhook_deliveries", "webhook_attempts", "requests")
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    async with running_receiver() as running:
-        yield running
-
-
-@pytest.fixture
-async def http(
-    settings: Settings, pool: asyncpg.Pool, redis: Redis, temporal: Client, registry: HandlerRegistry, tenant: Tenant
-) -> AsyncIterator[httpx.AsyncClient]:
-    """The whole stack (private webhook targets allowed, as in development), as `tenant`."""
-    async with webhook_stack(settings, pool, redis, temporal, registry, tenant.api_key) as client:
-        yield client
 
 
 @pytest.fixture

@@ -60,9 +60,8 @@ def create_app(
             settings.database_url, size=settings.db_pool_size, timeout=settings.connect_timeout_seconds
         )
         try:
-            # The guards read these two from app.state; handlers get everything as `services`.
+            # The API-key guard reads it from app.state; everything else is `services`.
             app.state.authenticator = ApiKeyAuthenticator(db, settings.auth_cache_seconds)
-            app.state.capability_tokens = CapabilityTokens(await load_signing_key(db), settings.capability_ttl_seconds)
             streams = Streams(
                 db,
                 channels,
@@ -77,7 +76,7 @@ def create_app(
                 redis=redis_client,
                 hub=hub,
                 streams=streams,
-                capability_tokens=app.state.capability_tokens,
+                capability_tokens=CapabilityTokens(await load_signing_key(db), settings.capability_ttl_seconds),
                 rate_limiter=AcceptRateLimiter(redis_client, db, settings.rate_limit_per_second),
                 outbox_waker=OutboxWaker(db),
             )

@@ -104,7 +104,7 @@ async def require_key_or_capability(connection: ASGIConnection[Any, Any, Any, An
         await require_api_key(connection, _)
         return
     request_id = connection.path_params.get("request_id")
-    tokens = connection.app.state.capability_tokens
+    tokens = connection.app.state.services.capability_tokens
     tenant_id = tokens.tenant_for(token, request_id) if isinstance(request_id, uuid.UUID) else None
     if tenant_id is None:
         raise Unauthorized("the token is not valid for this request (forged, expired or for another request)")

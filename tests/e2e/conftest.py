@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 
 import asyncpg
@@ -43,3 +44,12 @@ async def webhook_stack(
     fast = replace(settings, webhook_retry_schedule=FAST_SCHEDULE, webhook_lease_seconds=2)
     async with running_roles(fast, pool, redis, temporal, registry), api_client(fast, api_key) as client:
         yield client
+
+
+@pytest.fixture
+def no_gateway_errors_logged(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """A 500 is logged by gateway.problems; none may be, whatever the input (for the hostile-input suites)."""
+    caplog.set_level(logging.DEBUG, logger="gateway")
+    yield
+    errors = [r for r in caplog.get_records("call") if r.name.startswith("gateway") and r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]

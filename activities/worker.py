@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 async def register_kinds(pool: asyncpg.Pool, registry: HandlerRegistry, task_queue: str) -> None:
     """Tell the gateways which kinds exist, on which task queue they run, and how to schedule them."""
     options = {handler.kind: dataclasses.asdict(handler.options) for handler in registry.handlers()}
-    await pool.execute(sql("register_handler_kinds"), registry.kinds(), task_queue, options)
+    await pool.execute(sql("register_handler_kinds"), list(options), task_queue, options)
 
 
 @contextlib.asynccontextmanager

@@ -8,8 +8,6 @@ have been seen to collapse throughput. A request counts from the relay's start o
 
 from __future__ import annotations
 
-from ackflow.contracts import TOPIC_ACCEPTED
-
 
 class WorkflowAdmission:
     """At most `max_in_flight` request workflows started and not yet finished, across all relays.
@@ -17,8 +15,6 @@ class WorkflowAdmission:
     The relay's claim (`claim_outbox`) takes `request.accepted` rows only as far as this leaves room,
     and its finishing statement records which requests' workflows it started.
     """
-
-    topic = TOPIC_ACCEPTED
 
     def __init__(self, max_in_flight: int) -> None:
         self.max_in_flight = max_in_flight

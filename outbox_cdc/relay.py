@@ -17,6 +17,7 @@ from collections.abc import Mapping
 import asyncpg
 
 from ackflow.aio import wait_for_wake
+from ackflow.contracts import TOPIC_ACCEPTED
 from ackflow.db.listen import listen_until_stopped
 from ackflow.db.queries import sql
 from ackflow.events import OutboxEvent, Route
@@ -84,17 +85,16 @@ class OutboxRelay:
 
     async def relay_batch(self) -> int:
         """Claim and dispatch one batch; return how many rows were claimed."""
-        admitted_topic = self._admission.topic if self._admission is not None else ""
         max_in_flight = self._admission.max_in_flight if self._admission is not None else None
         async with self._pool.acquire() as connection, connection.transaction():
-            rows = await connection.fetch(sql("claim_outbox"), self._batch_size, admitted_topic, max_in_flight)
+            rows = await connection.fetch(sql("claim_outbox"), self._batch_size, max_in_flight)
             if not rows:
                 return 0
             events = [OutboxEvent(**dict(row)) for row in rows]
             outcomes = await asyncio.gather(*(self._dispatch(event) for event in events))
             succeeded = [event for event, error in zip(events, outcomes, strict=True) if error is None]
             if succeeded:
-                started = [event.request_id for event in succeeded if event.topic == admitted_topic]
+                started = [event.request_id for event in succeeded if event.topic == TOPIC_ACCEPTED]
                 await connection.execute(sql("finish_outbox"), [event.id for event in succeeded], started)
             for event, error in zip(events, outcomes, strict=True):
                 if error is not None:

@@ -89,13 +89,14 @@ ON CONFLICT (kind) DO UPDATE
    SET task_queue = EXCLUDED.task_queue, options = EXCLUDED.options, registered_at = now();
 
 -- name: claim_outbox
--- One batch of due rows, oldest first, locked for this relay: up to $1 rows of every topic but $2,
--- then rows of topic $2 (the admitted one: request.accepted) only as far as $3 (the most request
--- workflows started and not finished) leaves room; $3 NULL: no limit.
+-- One batch of due rows, oldest first, locked for this relay: up to $1 rows of every topic but
+-- request.accepted, then request.accepted rows only as far as $2 (the most request workflows started
+-- and not finished) leaves room; $2 NULL: no limit. The topic is a literal so that the partial
+-- indexes of migration 0008 serve both halves.
 WITH others AS (
     SELECT id, topic, tenant_id, request_id, event_id, payload, attempts
       FROM outbox
-     WHERE available_at <= now() AND topic <> $2
+     WHERE topic <> 'request.accepted' AND available_at <= now()
      ORDER BY id
      LIMIT $1
        FOR UPDATE SKIP LOCKED
@@ -104,9 +105,9 @@ WITH others AS (
 ), admitted AS (
     SELECT id, topic, tenant_id, request_id, event_id, payload, attempts
       FROM outbox
-     WHERE available_at <= now() AND topic = $2
+     WHERE topic = 'request.accepted' AND available_at <= now()
      ORDER BY id
-     LIMIT greatest(0, least($1 - (SELECT count(*) FROM others), $3::bigint - (SELECT n FROM in_flight)))
+     LIMIT greatest(0, least($1 - (SELECT count(*) FROM others), $2::bigint - (SELECT n FROM in_flight)))
        FOR UPDATE SKIP LOCKED
 )
 SELECT * FROM others

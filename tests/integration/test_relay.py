@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 
@@ -14,6 +15,7 @@ from temporalio.client import Client
 
 from ackflow.contracts import TOPIC_ACCEPTED, workflow_id_for
 from ackflow.db.accept import accept_request
+from ackflow.db.queries import sql
 from ackflow.db.waker import OutboxWaker
 from ackflow.events import OutboxEvent, Route
 from ackflow.handlers import HandlerRegistry
@@ -237,3 +239,26 @@ async def _started_count(pool: asyncpg.Pool, expected: int) -> bool:
     started = await pool.fetchval("SELECT count(*) FROM requests WHERE workflow_started_at IS NOT NULL")
     assert started <= expected, f"{started} workflows started, more than the {expected} admitted"
     return bool(started == expected)
+
+
+async def test_a_claim_reads_a_few_index_pages_however_many_requests_wait_for_admission(
+    pool: asyncpg.Pool, tenant: Tenant
+) -> None:
+    """The claim once scanned the whole outbox for rows of other topics: O(backlog) on every wake-up."""
+    await pool.execute(
+        "INSERT INTO outbox (topic, tenant_id, request_id)"
+        " SELECT $1, $2, gen_random_uuid() FROM generate_series(1, 5000)",
+        TOPIC_ACCEPTED,
+        tenant.id,
+    )
+    await pool.execute("ANALYZE outbox")
+    try:
+        for in_flight_limit in (0, 5, None):  # admission full, some room, no admission at all
+            async with pool.acquire() as connection, connection.transaction():
+                explain = "EXPLAIN (ANALYZE, BUFFERS) " + sql("claim_outbox")
+                plan = "\n".join(row[0] for row in await connection.fetch(explain, 10, in_flight_limit))
+            assert "Seq Scan on outbox" not in plan, plan
+            pages = int(re.search(r"shared hit=(\d+)", plan).group(1))  # the top node's: the whole claim
+            assert pages < 50, f"a claim of 10 read {pages} pages of a 5,000-row outbox:\n{plan}"
+    finally:
+        await pool.execute("DELETE FROM outbox")

@@ -26,14 +26,13 @@ from typing import Any, Generic, TypeVar
 
 import asyncpg
 import msgspec
-from litestar.channels import ChannelsPlugin
 
 from ackflow.contracts import TERMINAL_STATUSES
 from ackflow.db.queries import sql
 from ackflow.errors import TooManyRequests
 from ackflow.live import decode_live_event, request_channel, tenant_channel
 from ackflow.sse import event_frame
-from gateway.hub import RESYNC, ResilientPubSubBackend, StreamSubscriber
+from gateway.hub import RESYNC, HubChannelsPlugin, ResilientPubSubBackend, StreamSubscriber
 
 TENANT_REPLAY_LIMIT = 1000
 TRACKED_REQUESTS = 10_000
@@ -70,9 +69,14 @@ class Overflow:
     """The client read too slowly and its buffer filled: close, and let it reconnect and catch up."""
 
 
+class Flush:
+    """Nothing more is queued for this stream: write what has been gathered (one write for a burst)."""
+
+
 KEEPALIVE = KeepAlive()
 OVERFLOW = Overflow()
-StreamItem = StreamEvent | KeepAlive | Overflow
+FLUSH = Flush()
+StreamItem = StreamEvent | KeepAlive | Overflow | Flush
 
 
 @dataclass(frozen=True)
@@ -120,7 +124,7 @@ class Streams:
     def __init__(
         self,
         pool: asyncpg.Pool,
-        channels: ChannelsPlugin,
+        channels: HubChannelsPlugin,
         backend: ResilientPubSubBackend,
         *,
         keepalive_seconds: float,
@@ -190,10 +194,8 @@ class Streams:
                     yield event
                     last = event.version
                     if event.terminal:
-                        # Every stream of this request was woken by the same event. Ending one
-                        # (unsubscribing, closing the response) costs more than writing the event,
-                        # so step back and let all the others write it first.
-                        await asyncio.sleep(0)
+                        yield FLUSH  # write it now; then end only once every follower has it
+                        await self.channels.handed_out()
                         return
 
     async def follow_tenant(
@@ -254,10 +256,15 @@ class Streams:
                 else:
                     return
 
-    async def _live(self, subscriber: StreamSubscriber) -> AsyncIterator[StreamEvent | bytes | KeepAlive | Overflow]:
-        """Live events, RESYNC (as bytes) when Postgres must be read, keep-alives and overflow."""
+    async def _live(
+        self, subscriber: StreamSubscriber
+    ) -> AsyncIterator[StreamEvent | bytes | KeepAlive | Overflow | Flush]:
+        """Live events, RESYNC (as bytes) when Postgres must be read, keep-alives and overflow; FLUSH
+        whenever nothing more is queued, before waiting (the replay before it included)."""
         last_write = time.monotonic()
         while True:
+            if not subscriber.qsize:
+                yield FLUSH
             until_keepalive = self.keepalive_seconds - (time.monotonic() - last_write)
             wait = until_keepalive if self.backend.healthy else min(until_keepalive, self.poll_seconds)
             raw = await subscriber.next_message(max(wait, 0.0))

@@ -26,7 +26,7 @@ from ackflow.handlers import KIND_PATTERN
 from ackflow.sse import comment_frame, retry_frame
 from gateway.auth import current_tenant, require_api_key, require_key_or_capability
 from gateway.services import GatewayServices
-from gateway.streams import KEEPALIVE, OVERFLOW, StreamEvent, StreamItem
+from gateway.streams import FLUSH, KEEPALIVE, OVERFLOW, StreamEvent, StreamItem
 
 SSE_RETRY = retry_frame(2000)
 SSE_KEEPALIVE = comment_frame("keep-alive")
@@ -141,15 +141,22 @@ def _event_stream(items: AsyncIterator[StreamItem], release: Callable[[], None])
 
 
 async def _sse(items: AsyncIterator[StreamItem], release: Callable[[], None]) -> AsyncIterator[bytes]:
+    """The frames of `items`, gathered until FLUSH: events queued together leave in one write."""
     try:
         yield SSE_RETRY
+        frames: list[bytes] = []
         async for item in items:
             if isinstance(item, StreamEvent):
-                yield item.sse  # the same bytes for every client of this event
+                frames.append(item.sse)  # the same bytes for every client of this event
             elif item is KEEPALIVE:
-                yield SSE_KEEPALIVE  # a comment only, not an empty event
+                frames.append(SSE_KEEPALIVE)  # a comment only, not an empty event
             elif item is OVERFLOW:
-                yield SSE_OVERFLOW
+                frames.append(SSE_OVERFLOW)
+            if frames and (item is FLUSH or item is KEEPALIVE or item is OVERFLOW):
+                yield b"".join(frames)
+                frames.clear()
+        if frames:
+            yield b"".join(frames)
     finally:
         release()
 

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
+from litestar.channels import ChannelsPlugin
 from redis.asyncio import Redis
 
 from ackflow.db.accept import accept_request
@@ -17,7 +18,7 @@ from ackflow.ids import new_request_id
 from ackflow.live import LiveEvent, encode_live_event, request_channel
 from ackflow.settings import Settings
 from activities.worker import register_kinds
-from gateway.hub import SUBSCRIBER_BUFFER, ResilientPubSubBackend, create_channels
+from gateway.hub import HAND_OUT_CHUNK, SUBSCRIBER_BUFFER, ResilientPubSubBackend, StreamSubscriber, create_channels
 from gateway.streams import OVERFLOW, StreamEvent, Streams
 from tests.conftest import Tenant
 from tests.helpers import assert_eventually
@@ -76,6 +77,63 @@ async def test_streams_that_see_done_before_processing_fill_the_gap_from_postgre
 
         seen = await asyncio.wait_for(asyncio.gather(*tasks), timeout=10)
         assert seen == [["PROCESSING", "DONE"]] * len(followers)
+
+
+async def test_a_burst_reaches_every_subscriber_once_and_in_order_however_the_hand_out_is_chunked(
+    redis: Redis,
+) -> None:
+    """Messages arriving while a hand-out is under way join it: the order per subscriber must hold."""
+    channels, hub = create_channels(redis)
+    async with channels:
+        await assert_eventually(lambda: _healthy(hub), message="hub never connected")
+        only_a = [await _subscribe(channels, ["a"]) for _ in range(HAND_OUT_CHUNK * 3)]
+        a_and_b = [await _subscribe(channels, ["a", "b"]) for _ in range(HAND_OUT_CHUNK)]
+        only_b = [await _subscribe(channels, ["b"]) for _ in range(10)]
+        everyone = only_a + a_and_b + only_b
+        await _until_every_subscriber_hears(redis, everyone)
+
+        burst = [("a", b"a1"), ("b", b"b1"), ("a", b"a2"), ("a", b"a3"), ("b", b"b2")]
+        async with redis.pipeline(transaction=False) as pipe:
+            for channel, message in burst:
+                pipe.publish(channel, message)
+            await pipe.execute()
+        for group, wanted in ((only_a, {"a"}), (a_and_b, {"a", "b"}), (only_b, {"b"})):
+            expected = [message for channel, message in burst if channel in wanted]
+            for subscriber in group:
+                assert await _next_messages(subscriber, len(expected)) == expected
+                assert await _next_messages(subscriber, 1, timeout=0) == []  # nothing twice
+        for subscriber in everyone:
+            await channels.unsubscribe(subscriber)
+
+
+async def _subscribe(channels: ChannelsPlugin, names: list[str]) -> StreamSubscriber:
+    subscriber = await channels.subscribe(names)
+    assert isinstance(subscriber, StreamSubscriber)
+    return subscriber
+
+
+async def _until_every_subscriber_hears(redis: Redis, subscribers: list[StreamSubscriber]) -> None:
+    """Redis subscribes asynchronously: probe until each subscriber has heard one, then drop the probes."""
+    for _ in range(100):
+        await redis.publish("a", b"probe")
+        await redis.publish("b", b"probe")
+        await asyncio.sleep(0.05)
+        if all(subscriber.qsize for subscriber in subscribers):
+            break
+    await asyncio.sleep(0.2)  # the last probes land
+    for subscriber in subscribers:
+        while subscriber.qsize:
+            assert await subscriber.next_message(0) == b"probe"
+
+
+async def _next_messages(subscriber: StreamSubscriber, count: int, timeout: float = 10) -> list[bytes]:
+    messages = []
+    for _ in range(count):
+        message = await subscriber.next_message(timeout)
+        if message is None:
+            break
+        messages.append(message)
+    return messages
 
 
 @contextlib.asynccontextmanager

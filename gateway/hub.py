@@ -188,7 +188,7 @@ class HubChannelsPlugin(ChannelsPlugin):
     subscriber still gets its channels' messages in the order Redis delivered them.
     """
 
-    _handing_out: asyncio.Future[None] | None = None
+    _handing_out: asyncio.Event | None = None  # an Event, not a shielded Future: one waiter's cancellation is its own
 
     async def handed_out(self) -> None:
         """Return once the hand-out under way (if any) has reached every subscriber.
@@ -198,7 +198,7 @@ class HubChannelsPlugin(ChannelsPlugin):
         followers still waiting for that event should not wait for it too.
         """
         if self._handing_out is not None:
-            await asyncio.shield(self._handing_out)
+            await self._handing_out.wait()
 
     async def _sub_worker(self) -> None:
         arrived: collections.deque[tuple[str, bytes]] = collections.deque()
@@ -209,11 +209,11 @@ class HubChannelsPlugin(ChannelsPlugin):
                 await wake.wait()
                 wake.clear()
                 while arrived:
-                    self._handing_out = asyncio.get_running_loop().create_future()
+                    self._handing_out = asyncio.Event()
                     try:
                         await self._hand_out(arrived)
                     finally:
-                        self._handing_out.set_result(None)
+                        self._handing_out.set()
                         self._handing_out = None
         finally:
             reader.cancel()

@@ -16,6 +16,7 @@ Temporal during later scenarios), and the tables are emptied.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +28,7 @@ from ackflow.db.pool import connect
 from ackflow.db.queries import sql
 from ackflow.ids import new_request_id
 from bench.accept import clear_accepted, client_pool, poster
+from bench.cpu import CoresInUse
 from bench.loadgen import run_open_loop
 from bench.profile import Profile
 from bench.stack import Stack
@@ -51,7 +53,8 @@ async def measure_backlog(
         async with client_pool(stack.gateway_url, stack.api_key) as http:
             post = poster(http)
             await run_open_loop(post, 100, 1.0)  # warm up: connections, caches, prepared statements
-            idle = await run_open_loop(post, rate, profile.backlog_seconds)
+            with CoresInUse(stack.pids()) as idle_cores:
+                idle = await run_open_loop(post, rate, profile.backlog_seconds)
             log(f"  idle          @ {rate:g}/s: p50 {idle.latency().p50} ms, p99 {idle.latency().p99} ms")
             await clear_accepted(stack.database_url)
             clock = time.monotonic()
@@ -61,12 +64,14 @@ async def measure_backlog(
             await _wait_for(pool, COMPLETED, lambda completed: completed > 0)  # draining is under way
             done_before = await pool.fetchval(COMPLETED)
             clock = time.monotonic()
-            draining = await run_open_loop(post, rate, profile.backlog_seconds)
+            with CoresInUse(stack.pids()) as draining_cores:
+                draining = await run_open_loop(post, rate, profile.backlog_seconds)
             drained = await pool.fetchval(COMPLETED) - done_before
             drain_rate = drained / (time.monotonic() - clock)
             log(
                 f"  draining      @ {rate:g}/s: p50 {draining.latency().p50} ms, p99 {draining.latency().p99} ms;"
-                f" {drained} of the backlog completed meanwhile ({drain_rate:.1f}/s)"
+                f" {drained} of the backlog completed meanwhile ({drain_rate:.1f}/s);"
+                f" cores in use {idle_cores.total} idle, {draining_cores.total} draining, of {os.cpu_count()}"
             )
     finally:
         stack.stop("relay")
@@ -80,6 +85,8 @@ async def measure_backlog(
         "draining": draining.summary(),
         "drained": drained,
         "drain_rate": round(drain_rate, 1),
+        "cores": os.cpu_count(),
+        "cores_in_use": {"idle": idle_cores.by_process, "draining": draining_cores.by_process},
     }
 
 

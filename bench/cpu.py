@@ -10,6 +10,7 @@ per connection); Linux only, and an empty reading elsewhere.
 from __future__ import annotations
 
 import os
+import time
 from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
@@ -65,3 +66,36 @@ def cpu_per_request(steps: list[Step]) -> dict[str, float]:
         for name, seconds in step.cpu.items():
             totals[name] = totals.get(name, 0.0) + seconds
     return {name: round(seconds * 1000 / done, 2) for name, seconds in sorted(totals.items())} if done else {}
+
+
+class CoresInUse:
+    """How many cores each process, and the benchmark itself (the load generator), kept busy over a span.
+
+    `with CoresInUse(pids) as used: ...` then `used.by_process` (name -> cores, "bench" for this
+    process alone) and `used.total`. Says whether the machine itself was the limit.
+    """
+
+    def __init__(self, pids: Mapping[str, int]) -> None:
+        self._pids = dict(pids)
+        self.by_process: dict[str, float] = {}
+
+    def __enter__(self) -> CoresInUse:
+        self._start = (time.monotonic(), cpu_seconds(self._pids), _own_cpu_seconds())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall, before, own = self._start
+        spent = cpu_spent(before, cpu_seconds(self._pids)) | {"bench": _own_cpu_seconds() - own}
+        seconds = max(time.monotonic() - wall, 1e-9)
+        cores = {name: round(cpu / seconds, 2) for name, cpu in spent.items()}
+        self.by_process = {name: used for name, used in cores.items() if used > 0}
+
+    @property
+    def total(self) -> float:
+        return round(sum(self.by_process.values()), 2)
+
+
+def _own_cpu_seconds() -> float:
+    """This process's user + system CPU, without its children (the stack's processes are its children)."""
+    times = os.times()
+    return times.user + times.system

@@ -103,6 +103,26 @@ def _backlog_rows(backlog: dict[str, Any] | None) -> list[tuple[str, str, str]]:
             "< 10 ms",
         ),
         ("backlog requests completed meanwhile", f"{backlog['drained']} ({backlog['drain_rate']:g}/s)", "(context)"),
+        *_cores_rows(backlog),
+    ]
+
+
+def _cores_rows(backlog: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Cores in use on the idle stack and while draining: whether the machine was the limit."""
+    used = backlog.get("cores_in_use")
+    if not used:
+        return []
+
+    def describe(by_process: dict[str, float]) -> str:
+        busiest = sorted(by_process.items(), key=lambda item: -item[1])
+        return f"{sum(by_process.values()):.2f} ({', '.join(f'{name} {cores:g}' for name, cores in busiest)})"
+
+    return [
+        (
+            f"cores in use of {backlog['cores']}, idle / draining",
+            f"{describe(used['idle'])} / {describe(used['draining'])}",
+            "(context: the load generator is `bench`)",
+        )
     ]
 
 

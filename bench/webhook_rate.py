@@ -10,6 +10,10 @@ receiver's last arrival; every delivery must also end `succeeded` in Postgres.
 
 The ceiling: the same receiver process, the same N bodies, POSTed by one plain httpx client with
 the worker's concurrency (ACKFLOW_WEBHOOK_MAX_IN_FLIGHT): no database, no signing, no bookkeeping.
+
+One worker process spends about a millisecond of CPU per delivery, so it tops out near 1,000/s
+whatever the machine has spare. Workers share the deliveries (each claims with SKIP LOCKED), so the
+backlog is drained once more by two worker processes: how the rate scales out.
 """
 
 from __future__ import annotations
@@ -35,11 +39,13 @@ from ackflow.settings import Settings
 from ackflow.tenants import create_tenant
 from bench.cpu import cpu_seconds, cpu_spent
 from bench.stack import Stack
+from callbacks.dispatcher import NOTIFY_CHANNEL as DISPATCHER_CHANNEL
 from callbacks.fanout import webhook_body
 
 TOPIC = TOPIC_FOR_STATUS[DONE]
 POLL_SECONDS = 0.05
 MIN_WAIT_SECONDS = 30.0
+SECOND_WORKER = "worker-2"
 
 
 class ReceiverProcess:
@@ -83,11 +89,18 @@ async def running_receiver_process(stack: Stack) -> AsyncIterator[ReceiverProces
 async def measure_webhook_rate(stack: Stack, deliveries: int, log: Callable[[str], None]) -> dict[str, Any]:
     """Deliveries a second: ackflow's worker draining a backlog of `deliveries`, and the plain-httpx ceiling."""
     in_flight = Settings.from_env(stack.role_env()).webhook_max_in_flight
-    tenant_id, api_key = await _new_tenant(stack.database_url)
     async with running_receiver_process(stack) as receiver:
-        endpoint_id = await _register_endpoint(stack, api_key, receiver.url, in_flight)
+        tenant_id, endpoint_id = await _endpoint_of_new_tenant(stack, "bench-webhooks", receiver.url, in_flight)
         ackflow = await _ackflow(stack, receiver, tenant_id, endpoint_id, _events(deliveries))
         ceiling = await _ceiling(stack, receiver, _events(deliveries), in_flight)  # new ids: counted apart
+        worker = [str(devstack.find_venv_binary("ackflow")), "worker"]
+        stack.start(SECOND_WORKER, worker, stack.role_env(), lambda: True)
+        try:
+            await _until_dispatchers_listen(stack.database_url, 2)  # the second has booted
+            tenant_id, endpoint_id = await _endpoint_of_new_tenant(stack, "bench-webhooks-2", receiver.url, in_flight)
+            two_workers = await _ackflow(stack, receiver, tenant_id, endpoint_id, _events(deliveries))
+        finally:
+            stack.stop(SECOND_WORKER)
     ratio = ackflow["rate"] / ceiling["rate"] if ackflow["rate"] and ceiling["rate"] else None
     log(
         f"  {deliveries} deliveries at {in_flight} in flight: ackflow {_num(ackflow['rate'])}/s"
@@ -97,22 +110,42 @@ async def measure_webhook_rate(stack: Stack, deliveries: int, log: Callable[[str
     log(
         f"  CPU ms per delivery: ackflow {ackflow['cpu_ms_per_delivery']}, plain httpx {ceiling['cpu_ms_per_delivery']}"
     )
+    log(
+        f"  two worker processes: {_num(two_workers['rate'])}/s ({two_workers['succeeded']} succeeded);"
+        f" CPU ms per delivery {two_workers['cpu_ms_per_delivery']}"
+    )
     return {
         "deliveries": deliveries,
         "in_flight": in_flight,
         "ackflow": ackflow,
         "httpx": ceiling,
+        "two_workers": two_workers,
         "ratio": None if ratio is None else round(ratio, 2),
     }
 
 
-async def _new_tenant(database_url: str) -> tuple[uuid.UUID, str]:
+async def _until_dispatchers_listen(database_url: str, count: int) -> None:
+    """Until `count` webhook dispatchers LISTEN for new deliveries (a worker process does once it runs)."""
     connection = await connect(database_url)
+    query = "SELECT count(*) FROM pg_stat_activity WHERE query ILIKE $1"
     try:
-        key = await create_tenant(connection, "bench-webhooks")
+        deadline = time.monotonic() + MIN_WAIT_SECONDS
+        while await connection.fetchval(query, f"LISTEN%{DISPATCHER_CHANNEL}%") < count:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"fewer than {count} webhook dispatchers listen after {MIN_WAIT_SECONDS:.0f}s")
+            await asyncio.sleep(POLL_SECONDS)
     finally:
         await connection.close()
-    return key.tenant_id, key.key
+
+
+async def _endpoint_of_new_tenant(stack: Stack, name: str, url: str, in_flight: int) -> tuple[uuid.UUID, uuid.UUID]:
+    """A tenant of its own (so no other scenario's endpoint gets a delivery) with one endpoint at `url`."""
+    connection = await connect(stack.database_url)
+    try:
+        key = await create_tenant(connection, name)
+    finally:
+        await connection.close()
+    return key.tenant_id, await _register_endpoint(stack, key.key, url, in_flight)
 
 
 async def _register_endpoint(stack: Stack, api_key: str, url: str, in_flight: int) -> uuid.UUID:
@@ -162,7 +195,8 @@ async def _ackflow(
         transaction = connection.transaction()
         await transaction.start()
         await connection.executemany(sql("fan_out_webhooks"), args)
-        pids = {name: stack.pid(name) for name in ("worker", "postgres", "receiver")}
+        pids = {name: pid for name, pid in stack.pids().items() if name.startswith("worker")}
+        pids |= {name: stack.pid(name) for name in ("postgres", "receiver")}
         cpu_before = cpu_seconds(pids)
         started = time.time()
         await transaction.commit()  # the trigger's NOTIFY goes out now and wakes the dispatcher

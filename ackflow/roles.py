@@ -10,16 +10,19 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import asyncpg
 import uvicorn
 from redis.asyncio import Redis
-from temporalio.client import Client
 
 from ackflow.contracts import STATUS_TOPICS, TOPIC_ACCEPTED, TOPIC_CANCEL_REQUESTED
 from ackflow.events import Route
 from ackflow.handlers import HandlerRegistry
 from ackflow.settings import Settings
+
+if TYPE_CHECKING:  # the gateway's process never loads the Temporal client
+    from temporalio.client import Client
 
 log = logging.getLogger(__name__)
 

@@ -7,14 +7,16 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import asyncpg
 from redis.asyncio import Redis
-from temporalio.client import Client
 
 from ackflow.db.pool import create_pool, redact_url
 from ackflow.settings import Settings
-from ackflow.temporal import connect_temporal, ensure_search_attributes
+
+if TYPE_CHECKING:  # the gateway never talks to Temporal: it does not load its client (17 MiB)
+    from temporalio.client import Client
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +72,11 @@ async def open_services(settings: Settings, *, redis: bool, temporal: bool) -> A
     try:
         if redis_connection is not None:
             await warn_if_redis_unreachable(redis_connection, settings)
-        client = await connect_temporal(settings) if temporal else None
-        if client is not None:
+        client = None
+        if temporal:
+            from ackflow.temporal import connect_temporal, ensure_search_attributes
+
+            client = await connect_temporal(settings)
             await ensure_search_attributes(client)
         yield Services(pool=pool, redis_client=redis_connection, temporal_client=client)
     finally:

@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 
 from ackflow.db.pool import create_pool
 from ackflow.db.waker import OutboxWaker
+from ackflow.services import redis_client
 from ackflow.settings import Settings
 from gateway.auth import ApiKeyAuthenticator
 from gateway.bodies import JsonRequest
@@ -49,10 +50,8 @@ def create_app(
     `tune_gc`, for a process that is only this gateway: see `tune_garbage_collector`.
     """
     own_redis = redis is None
-    redis_client = redis or Redis.from_url(
-        settings.redis_url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=10
-    )
-    channels, hub = create_channels(redis_client)
+    redis = redis or redis_client(settings)
+    channels, hub = create_channels(redis)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -73,11 +72,11 @@ def create_app(
             app.state.services = GatewayServices(
                 settings=settings,
                 pool=db,
-                redis=redis_client,
+                redis=redis,
                 hub=hub,
                 streams=streams,
                 capability_tokens=CapabilityTokens(await load_signing_key(db), settings.capability_ttl_seconds),
-                rate_limiter=AcceptRateLimiter(redis_client, db, settings.rate_limit_per_second),
+                rate_limiter=AcceptRateLimiter(redis, db, settings.rate_limit_per_second),
                 outbox_waker=OutboxWaker(db),
             )
             background = [asyncio.create_task(app.state.authenticator.follow_revocations(channels))]
@@ -93,7 +92,7 @@ def create_app(
                 await asyncio.gather(*background, return_exceptions=True)
         finally:
             if own_redis:
-                await redis_client.aclose()
+                await redis.aclose()
             if pool is None:
                 await db.close()
 

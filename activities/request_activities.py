@@ -43,7 +43,7 @@ class RequestActivities:
     @activity.defn(name="start_processing")
     async def start_processing(self, start: StartProcessingInput) -> StartProcessingOutput:
         """INIT -> PROCESSING. Says not to proceed if the request already ended (cancelled before start)."""
-        if not await transition(self._pool, start.request_id, PROCESSING, (INIT,)):
+        if await transition(self._pool, start.request_id, PROCESSING, (INIT,)) is None:
             status = await self._status(start.request_id)
             if status in TERMINAL_STATUSES or status is None:
                 return StartProcessingOutput(proceed=False)
@@ -60,10 +60,13 @@ class RequestActivities:
             raise ApplicationError(
                 f"no handler for kind {run.kind!r} on this worker", type="UnknownKind", non_retryable=True
             )
-        await transition(self._pool, run.request_id, PROCESSING, (INIT,))  # a no-op on retries: PROCESSING already
-        row = await self._pool.fetchrow("SELECT status, payload FROM requests WHERE id = $1", uuid.UUID(run.request_id))
-        if row is None or row["status"] != PROCESSING:
-            return RunHandlerOutput(result=None, status=row and row["status"])  # ended meanwhile: nothing to do
+        row = await transition(self._pool, run.request_id, PROCESSING, (INIT,))
+        if row is None:  # a retry (PROCESSING already), or the request ended meanwhile
+            row = await self._pool.fetchrow(
+                "SELECT status, payload FROM requests WHERE id = $1", uuid.UUID(run.request_id)
+            )
+            if row is None or row["status"] != PROCESSING:
+                return RunHandlerOutput(result=None, status=row and row["status"])  # ended: nothing to do
         try:
             result = await handler.function(row["payload"])
         except PermanentError as exc:
@@ -77,9 +80,11 @@ class RequestActivities:
                 type="InvalidResult",
                 non_retryable=True,
             ) from None
-        if not recorded:
+        if recorded is None:
             log.info("request %s ended before its handler finished; result dropped", run.request_id)
-        return RunHandlerOutput(result=None, status=DONE if recorded else await self._status(run.request_id))
+        return RunHandlerOutput(
+            result=None, status=DONE if recorded is not None else await self._status(run.request_id)
+        )
 
     @activity.defn(name="finish_request")
     async def finish_request(self, finish: FinishInput) -> None:

@@ -19,13 +19,14 @@ async def transition(
     *,
     result: Any = None,
     error: dict[str, Any] | None = None,
-) -> bool:
-    """Move the request to `to_status` if it is in one of `from_statuses`; True if it moved.
+) -> asyncpg.Record | None:
+    """Move the request to `to_status` if it is in one of `from_statuses`; its new row if it moved
+    (id, status, version, event_id, and payload on a move to PROCESSING), else None.
 
     Guarded by the status it moves from, so a retried or late caller can never move a request
     backwards or record a second outcome: the first terminal status wins.
     """
-    row = await db.fetchrow(
+    return await db.fetchrow(
         sql("transition_request"),
         request_id if isinstance(request_id, uuid.UUID) else uuid.UUID(request_id),
         to_status,
@@ -34,4 +35,3 @@ async def transition(
         error,
         TOPIC_FOR_STATUS[to_status],
     )
-    return row is not None

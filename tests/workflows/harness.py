@@ -150,9 +150,11 @@ class Flaky:
     def __init__(self, failures: int | None) -> None:
         self.failures = failures
         self.calls = 0
+        self.payloads: list[Any] = []  # what each call was given
 
     async def __call__(self, payload: Any) -> dict[str, int]:
         self.calls += 1
+        self.payloads.append(payload)
         if self.failures is None or self.calls <= self.failures:
             raise RuntimeError(f"transient failure {self.calls}")
         return {"attempts": self.calls}

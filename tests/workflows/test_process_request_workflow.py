@@ -83,6 +83,9 @@ async def test_transient_failures_are_retried_after_skipped_backoff_then_done_wi
 
     assert outcome == DONE
     assert flaky.calls == 3
+    assert flaky.payloads == [{"n": 1}] * 3, (
+        "the first attempt reads the payload as it moves to PROCESSING, retries reread it"
+    )
     assert handler_attempts(history) == [3], "one scheduled run_handler, which succeeded on its third attempt"
     assert workflow_duration_seconds(history) >= 600 + 1200, "both back-offs passed in workflow time"
     row = await bench.request(request_id)

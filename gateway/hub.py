@@ -221,9 +221,14 @@ class HubChannelsPlugin(ChannelsPlugin):
                 await reader
 
     async def _read(self, arrived: collections.deque[tuple[str, bytes]], wake: asyncio.Event) -> None:
-        async for message in self._backend.stream_events():
-            arrived.append(message)
-            wake.set()
+        while True:  # the backend handles Redis errors itself; anything else must not end live events
+            try:
+                async for message in self._backend.stream_events():
+                    arrived.append(message)
+                    wake.set()
+            except Exception:
+                log.exception("the hub's reader failed; restarting it")
+                await asyncio.sleep(MAX_RECONNECT_SECONDS)
 
     async def _hand_out(self, arrived: collections.deque[tuple[str, bytes]]) -> None:
         """Give every subscriber of the arrived messages' channels its messages, in order."""

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
+import pytest
 from litestar.channels import ChannelsPlugin
 from redis.asyncio import Redis
 
@@ -18,7 +19,14 @@ from ackflow.ids import new_request_id
 from ackflow.live import LiveEvent, encode_live_event, request_channel
 from ackflow.settings import Settings
 from activities.worker import register_kinds
-from gateway.hub import HAND_OUT_CHUNK, SUBSCRIBER_BUFFER, ResilientPubSubBackend, StreamSubscriber, create_channels
+from gateway.hub import (
+    HAND_OUT_CHUNK,
+    SUBSCRIBER_BUFFER,
+    HubChannelsPlugin,
+    ResilientPubSubBackend,
+    StreamSubscriber,
+    create_channels,
+)
 from gateway.streams import OVERFLOW, StreamEvent, Streams
 from tests.conftest import Tenant
 from tests.helpers import assert_eventually
@@ -104,6 +112,34 @@ async def test_a_burst_reaches_every_subscriber_once_and_in_order_however_the_ha
                 assert await _next_messages(subscriber, 1, timeout=0) == []  # nothing twice
         for subscriber in everyone:
             await channels.unsubscribe(subscriber)
+
+
+class FailsOnce(ResilientPubSubBackend):
+    """Real Redis behind it, but the first read of events dies of a bug rather than a Redis error."""
+
+    failed = False
+
+    async def stream_events(self) -> AsyncIterator[tuple[str, bytes]]:  # type: ignore[override]
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("a bug in the reader")
+        async for message in super().stream_events():
+            yield message
+
+
+async def test_the_hub_restarts_a_reader_that_failed_and_live_events_flow_again(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("gateway.hub.MAX_RECONNECT_SECONDS", 0.1)
+    backend = FailsOnce(redis)
+    channels = HubChannelsPlugin(backend=backend, arbitrary_channels_allowed=True, subscriber_class=StreamSubscriber)
+    async with channels:
+        subscriber = await _subscribe(channels, ["a"])
+        await assert_eventually(lambda: _healthy(backend), message="the reader never came back")
+        await _until_every_subscriber_hears(redis, [subscriber])
+        await redis.publish("a", b"after the failure")
+        assert await _next_messages(subscriber, 1) == [b"after the failure"]
+    assert backend.failed
 
 
 async def _subscribe(channels: ChannelsPlugin, names: list[str]) -> StreamSubscriber:

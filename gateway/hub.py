@@ -186,9 +186,15 @@ class HubChannelsPlugin(ChannelsPlugin):
     subscribers not yet reached get the new messages queued behind the earlier ones (so their
     stream writes both at once), and those already reached get them in a later chunk. Each
     subscriber still gets its channels' messages in the order Redis delivered them.
+
+    It replaces the plugin's `_sub_worker` (Litestar 2's loop that feeds subscribers), which is not
+    public API: tests/integration/test_hub.py checks the hand-out, so a Litestar upgrade that drops
+    the hook shows there.
     """
 
-    _handing_out: asyncio.Event | None = None  # an Event, not a shielded Future: one waiter's cancellation is its own
+    # An Event rather than one Future shielded per waiter: cheaper with 10,000 waiters, and a
+    # waiter that is cancelled (its client went away) cancels only its own wait.
+    _handing_out: asyncio.Event | None = None
 
     async def handed_out(self) -> None:
         """Return once the hand-out under way (if any) has reached every subscriber.

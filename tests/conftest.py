@@ -11,6 +11,7 @@ import contextlib
 import itertools
 import shutil
 import tempfile
+import traceback
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -188,7 +189,8 @@ async def running_roles(
         stop.set()
         results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=15)
         errors = [r for r in results if isinstance(r, BaseException)]
-        assert not errors, f"a role failed: {errors!r}"
+        # With each error's whole chain: "Failed validating workflow" alone does not say why.
+        assert not errors, "a role failed:\n" + "".join("".join(traceback.format_exception(e)) for e in errors)
 
 
 async def _port_open(port: int) -> bool:

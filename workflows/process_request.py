@@ -43,7 +43,7 @@ BOOKKEEPING_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), ma
 # measured at 10 of the worker's 27 ms of CPU per request (bench: end-to-end cpu_ms_per_request)
 # on a machine where CPU is the limit. Its determinism is guarded instead by keeping it free of I/O,
 # clocks and randomness (it only sequences activities) and by the replay tests of recorded
-# histories (tests/workflows). Other workflows keep the sandbox.
+# histories (tests/workflows).
 @workflow.defn(name=PROCESS_REQUEST_WORKFLOW, sandboxed=False)
 class ProcessRequestWorkflow:
     """Runs one request's handler and records its outcome; cancellable while it runs."""

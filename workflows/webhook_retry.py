@@ -30,7 +30,14 @@ ATTEMPT_TIMEOUT = timedelta(seconds=60)
 ATTEMPT_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
 
 
-@workflow.defn(name=WEBHOOK_RETRY_WORKFLOW)
+# Unsandboxed, like ProcessRequestWorkflow. On Python < 3.12 the sandbox's thread-local swap of
+# sys.modules races with imports made by other threads at the same moment (temporalio skips a test
+# of its own for it: sdk-python#585, #1195), and this worker process also runs the webhook
+# dispatcher and the other roles' libraries. It surfaced once as "Failed validating workflow
+# WebhookRetryWorkflow" when a test started a worker while another one's workflows ran. Its tests
+# (tests/workflows/test_webhook_retry_workflow.py) still run it in the sandbox, so a clock, random or
+# I/O call here fails them, and replay its history.
+@workflow.defn(name=WEBHOOK_RETRY_WORKFLOW, sandboxed=False)
 class WebhookRetryWorkflow:
     """Retries one delivery until it succeeds, runs out of attempts, or its endpoint is disabled."""
 

@@ -6,15 +6,16 @@ from __future__ import annotations
 import itertools
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import asyncpg
 import httpx
 import pytest
-from temporalio.client import WorkflowExecutionStatus
+from temporalio.client import WorkflowExecutionStatus, WorkflowHistory
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Worker
+from temporalio.worker import Replayer, Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from ackflow.contracts import WEBHOOK_RETRY_JITTER, WEBHOOK_RETRY_SCHEDULE_SECONDS, WebhookRetryInput
 from ackflow.db.queries import sql
@@ -36,6 +37,7 @@ class Rig:
     endpoint_id: uuid.UUID
     tenant: Tenant
     task_queue: str
+    histories: list[WorkflowHistory] = field(default_factory=list)  # of every retry workflow run to its end
 
     async def delivery(self) -> uuid.UUID:
         delivery_id = uuid.uuid4()
@@ -72,7 +74,9 @@ class Rig:
                 if description.status != WorkflowExecutionStatus.RUNNING:
                     break
                 await self.env.sleep(timedelta(hours=1))
-            return str(await handle.result())
+            outcome = str(await handle.result())
+            self.histories.append(await handle.fetch_history())
+            return outcome
 
     async def attempt_times(self, delivery_id: uuid.UUID) -> list[float]:
         rows = await self.pool.fetch(
@@ -105,6 +109,9 @@ async def rig(workflow_env: WorkflowEnvironment, pool: asyncpg.Pool, tenant: Ten
             task_queue=task_queue,
             workflows=[WebhookRetryWorkflow],
             activities=[WebhookActivities(attempts).attempt_webhook],
+            # Production runs it unsandboxed (see workflows/webhook_retry.py); here the sandbox still
+            # runs it, so a clock, random or I/O call in the workflow fails these tests.
+            unsandboxed_workflow_runner=SandboxedWorkflowRunner(),
         ):
             yield Rig(workflow_env, pool, attempts, receiver, endpoint_id, tenant, task_queue)
 
@@ -128,6 +135,9 @@ async def test_a_receiver_that_always_fails_gets_eight_attempts_on_svix_schedule
     assert len({r.webhook_id for r in rig.receiver.received}) == 1
     state = await rig.pool.fetchval("SELECT state FROM webhook_deliveries WHERE id = $1", delivery_id)
     assert state == "failed"
+    # Replaying the whole history (seven timers, seven attempts) must give the same commands.
+    [history] = rig.histories
+    await Replayer(workflows=[WebhookRetryWorkflow]).replay_workflow(history)
 
 
 async def test_retry_after_on_429_replaces_the_scheduled_wait(rig: Rig) -> None:

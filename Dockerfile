@@ -9,17 +9,18 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# Only what `pip install .` needs: the project metadata (pyproject.toml names README.md as its
-# readme) and the packages it installs. No tests, no dev extras.
+# Only what `pip install '.[server]'` needs: the project metadata (pyproject.toml names README.md
+# as its readme and LICENSE as its license file) and the packages it installs. The server extra
+# (the services), not the dev one (embedded servers) nor the test tools.
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY ackflow ./ackflow
 COPY gateway ./gateway
 COPY workflows ./workflows
 COPY activities ./activities
 COPY outbox_cdc ./outbox_cdc
 COPY callbacks ./callbacks
-RUN pip install . && rm -rf build *.egg-info
+RUN pip install '.[server]' && rm -rf build *.egg-info
 
 RUN groupadd --gid 10001 ackflow \
     && useradd --uid 10001 --gid ackflow --create-home --shell /usr/sbin/nologin ackflow

@@ -23,7 +23,8 @@ Connection failures are not wrapped: they propagate as `httpx.TransportError` su
 raises `msgspec.DecodeError` or `msgspec.ValidationError`. The API key is sent only in the
 `Authorization` header; it never appears in a repr, an exception or a log line.
 
-This module imports nothing from the service packages: only httpx, msgspec and the standard library.
+It needs only the base install (`pip install ackflow`): httpx, msgspec, the standard library and
+the core's errors, contracts (statuses) and SSE parser, never a service package (an import contract in pyproject.toml).
 """
 
 from __future__ import annotations
@@ -42,14 +43,12 @@ from urllib.parse import quote
 import httpx
 import msgspec
 
+from ackflow.contracts import MAX_WAIT_SECONDS, PROBLEM_MEDIA_TYPE, TERMINAL_STATUSES
 from ackflow.errors import AckflowError
 from ackflow.sse import EventStreamParser, SseMessage
 
 log = logging.getLogger(__name__)
 
-TERMINAL_STATUSES = frozenset({"DONE", "FAILED", "CANCELLED"})
-MAX_WAIT_SECONDS = 60  # the longest long poll the gateway accepts
-PROBLEM_MEDIA_TYPE = "application/problem+json"
 _DEFAULT_RECONNECT_SECONDS = 0.5  # until the server sends `retry:`
 _MAX_BACKOFF_SECONDS = 30.0
 
@@ -80,6 +79,7 @@ class RequestState(msgspec.Struct, frozen=True, kw_only=True):
     created_at: datetime | None = None
     updated_at: datetime | None = None
     completed_at: datetime | None = None
+    workflow_id: str | None = None
     links: Links | None = None
 
     @property
@@ -220,8 +220,8 @@ class AckflowClient:
     ) -> RequestState:
         """Submit a request; the answer (status INIT, with `links`) means it is committed and will run.
 
-        `idempotency_key` is sent as the `Idempotency-Key` header. The v1 gateway does not honour it
-        yet, so a submit retried after a lost answer can create a second request.
+        `idempotency_key` is sent as the `Idempotency-Key` header: a submit retried with the same key
+        (after a lost answer, say) gets the original request back instead of creating a second one.
         """
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else None
         body = {"kind": kind, "payload": dict(payload or {})}

@@ -1,4 +1,5 @@
-"""Types and names that cross process boundaries: Temporal inputs and outputs, topics, statuses.
+"""Types and names that cross process boundaries: Temporal inputs and outputs, topics, statuses,
+and the HTTP API's terms that its client relies on.
 
 Workflows import this module, so it must stay deterministic and free of I/O. Every Temporal
 workflow and activity takes one dataclass and returns one, so fields can be added later without
@@ -8,13 +9,26 @@ breaking recorded histories.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 # Temporal names. Started by name from the relay, so the relay need not import workflows/.
-PROCESS_REQUEST_WORKFLOW = "ProcessRequestWorkflow"
+PROCESS_REQUEST_WORKFLOW = "ProcessRequestWorkflow"  # one request; started by relays of before batches
+PROCESS_BATCH_WORKFLOW = "ProcessBatchWorkflow"
+CANCEL_REQUEST_SIGNAL = "cancel_request"  # to a batch: cancel one of its requests
 DEFAULT_TASK_QUEUE = "ackflow"
 SEARCH_ATTRIBUTE_TENANT = "AckflowTenant"
 SEARCH_ATTRIBUTE_KIND = "AckflowKind"
+SEARCH_ATTRIBUTE_REQUEST_IDS = "AckflowRequestIds"  # every request of a batch, to find its workflow by request id
+SEARCH_ATTRIBUTE_TENANTS = "AckflowTenants"
+SEARCH_ATTRIBUTE_KINDS = "AckflowKinds"
+SEARCH_ATTRIBUTE_TYPES = {  # as `temporal server start-dev --search-attribute NAME=TYPE` spells them
+    SEARCH_ATTRIBUTE_TENANT: "Keyword",
+    SEARCH_ATTRIBUTE_KIND: "Keyword",
+    SEARCH_ATTRIBUTE_REQUEST_IDS: "KeywordList",
+    SEARCH_ATTRIBUTE_TENANTS: "KeywordList",
+    SEARCH_ATTRIBUTE_KINDS: "KeywordList",
+}
 
 # Request statuses. Status only moves forward: INIT -> PROCESSING -> one terminal status.
 INIT = "INIT"
@@ -28,6 +42,7 @@ ALL_STATUSES = (INIT, PROCESSING, DONE, FAILED, CANCELLED)
 # Outbox topics.
 TOPIC_ACCEPTED = "request.accepted"
 TOPIC_CANCEL_REQUESTED = "request.cancel_requested"
+TOPIC_BATCH = "request.batch"  # accepted requests admitted together, to start as one workflow (migration 0013)
 TOPIC_FOR_STATUS = {
     INIT: TOPIC_ACCEPTED,
     PROCESSING: "request.processing",
@@ -35,11 +50,22 @@ TOPIC_FOR_STATUS = {
     FAILED: "request.failed",
     CANCELLED: "request.cancelled",
 }
-STATUS_TOPICS = frozenset(topic for status, topic in TOPIC_FOR_STATUS.items() if status != INIT)
+_STATUS_TOPICS = [topic for status, topic in TOPIC_FOR_STATUS.items() if status != INIT]  # in order
+STATUS_TOPICS = frozenset(_STATUS_TOPICS)
+# What a webhook endpoint's event_types and a request's callback_events may name: a status topic, or
+# `request.*` for all of them (fan_out_webhooks matches the wildcard by the topic's first part).
+EVENT_TYPE_PATTERN = r"^request\.(\*|" + "|".join(t.removeprefix("request.") for t in _STATUS_TOPICS) + ")$"
+EVENT_TYPE_DESCRIPTION = ", ".join(_STATUS_TOPICS) + ", or request.*"
+
+
+# The HTTP API, as the gateway serves it and ackflow.client relies on it.
+MAX_WAIT_SECONDS = 60  # the longest long poll (GET /v1/requests/{id}?wait=, Prefer: wait=)
+PROBLEM_MEDIA_TYPE = "application/problem+json"  # every error answer (RFC 9457)
 
 
 def workflow_id_for(request_id: str) -> str:
-    """The one workflow id a request may ever run under, so a re-sent outbox row cannot start a second run."""
+    """The workflow id of a request started alone, before batches: a re-sent outbox row cannot start a second run.
+    (A batch's workflow id is derived from its members when the claim forms it, migration 0013.)"""
     return f"request-{request_id}"
 
 
@@ -69,6 +95,54 @@ class ProcessRequestInput:
 
 
 @dataclass
+class ProcessBatchInput:
+    """What the relay gives ProcessBatchWorkflow: its requests, each as it would start alone."""
+
+    requests: list[ProcessRequestInput]
+
+
+@dataclass
+class RunBatchInput:
+    """The requests a batch runs together in one activity (first attempts)."""
+
+    requests: list[ProcessRequestInput]
+
+
+@dataclass
+class BatchRetry:
+    """A request whose first attempt in the batch failed and may be retried; `error` is that failure."""
+
+    request_id: str
+    error: dict[str, Any]
+
+
+@dataclass
+class RunBatchOutput:
+    """What became of a batch's first attempts: each request ended, but those in `retries` (to retry
+    alone), `running` (handlers still running on the worker whose task queue is `handover_queue`,
+    to be awaited there) and `lost` (to run alone: the worker that ran them is gone)."""
+
+    retries: list[BatchRetry] = field(default_factory=list)
+    running: list[str] = field(default_factory=list)
+    handover_queue: str | None = None
+    lost: list[str] = field(default_factory=list)
+
+
+@dataclass
+class AwaitRequestsInput:
+    """Handlers a batch's local activity left running on this worker: wait for their outcomes."""
+
+    request_ids: list[str]
+
+
+@dataclass
+class FinishManyInput:
+    """Terminal transitions of several requests at once (a cancelled batch: CANCELLED for all)."""
+
+    finishes: list[FinishInput]
+
+
+@dataclass
 class StartProcessingInput:
     request_id: str
     kind: str
@@ -90,25 +164,47 @@ class RunHandlerInput:
 
 @dataclass
 class RunHandlerOutput:
-    """`status`: the request's status after the attempt: DONE, or the end that kept the handler from running."""
+    """`status`: the request's status after the attempt: DONE, or the end that kept the handler from running.
 
-    result: Any
+    (Outputs recorded before carry a `result` too, always null: the result is recorded in Postgres,
+    never sent through history. Temporal's converter ignores the extra key when they replay.)"""
+
     status: str | None = None
 
 
 @dataclass
 class FinishInput:
-    """A terminal transition: DONE with a result, FAILED with an error, or CANCELLED."""
+    """A terminal transition the workflow records: FAILED with an error, or CANCELLED (DONE is
+    recorded by the handler's activity, with its result). Inputs recorded before carry a `result`
+    too, always null."""
 
     request_id: str
     status: str
-    result: Any = None
     error: dict[str, Any] | None = None
 
 
 # Webhooks ------------------------------------------------------------------------------------
 
 WEBHOOK_RETRY_WORKFLOW = "WebhookRetryWorkflow"
+WEBHOOK_ATTEMPT_NOW_SIGNAL = "attempt_now"  # a resend: the retry workflow attempts at once
+
+
+class DeliveryState(StrEnum):
+    """A webhook delivery's state, as stored in `webhook_deliveries.state` (the machine is drawn in
+    migration 0010): a dispatcher owns pending, delivering, and the hand-off of handoff and
+    resending; the retry workflow owns what is on its schedule. The SQL spells these values too:
+    tests/unit/test_sql_names.py checks that it spells only these."""
+
+    PENDING = "pending"
+    DELIVERING = "delivering"
+    HANDOFF = "handoff"  # a failed attempt is recorded; its retry workflow is still to be started
+    RESENDING = "resending"  # a resend of a delivery on its schedule: its workflow is to be signalled
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+ON_RETRY_SCHEDULE = (DeliveryState.HANDOFF, DeliveryState.RESENDING, DeliveryState.RETRYING)
 
 # Svix's schedule: the wait before attempts 2..8, each counted from the previous attempt (27.6 h in all).
 WEBHOOK_RETRY_SCHEDULE_SECONDS = (5, 5 * 60, 30 * 60, 2 * 3600, 5 * 3600, 10 * 3600, 10 * 3600)
@@ -136,6 +232,6 @@ class WebhookAttemptInput:
 
 @dataclass
 class WebhookAttemptOutput:
-    state: str
+    state: DeliveryState
     attempt: int
     retry_after: float | None = None

@@ -6,6 +6,7 @@
     ├── ConfigurationError        a setting is missing or malformed (names the variable and the fix)
     ├── ServiceUnavailable        Postgres, Redis or Temporal cannot be reached (names the variable and address)
     ├── DevStackError             `ackflow dev` cannot start (port taken, state dir in use, a server failed)
+    ├── PermanentDispatchError    the relay can never dispatch an outbox row (it is dead-lettered at once)
     ├── DomainError               a client's request cannot be carried out; the gateway maps each to problem+json
     │   ├── MalformedRequest      the body is not JSON at all (or is empty)          400
     │   ├── InvalidInput          a parameter (400) or the body's content (422) is invalid
@@ -37,6 +38,11 @@ class ServiceUnavailable(AckflowError):
 
 class DevStackError(AckflowError):
     """The development stack cannot start; the message says why in one line."""
+
+
+class PermanentDispatchError(AckflowError):
+    """An outbox row's dispatch can never succeed (e.g. Temporal refuses the start as invalid): retrying
+    would only postpone it for ever, so the relay dead-letters it at once."""
 
 
 class DomainError(AckflowError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 
@@ -19,6 +20,8 @@ class OutboxEvent:
     event_id: int | None
     payload: dict[str, Any]
     attempts: int
+    failing_since: datetime | None = None  # when its dispatch first failed
+    claimed_until: datetime | None = None  # the lease of the relay that claimed it
 
 
 Route = Callable[[OutboxEvent], Awaitable[None]]

@@ -45,6 +45,8 @@ def check_url_syntax(url: str, *, field: str = "url") -> tuple[str, str, int]:
     """(scheme, host, port) of an http(s) URL without credentials, or UnsafeUrl saying what is wrong."""
     if len(url) > MAX_URL_LENGTH:
         raise UnsafeUrl(f"the URL is longer than {MAX_URL_LENGTH} characters", errors=_field("too long", field))
+    if not url.isprintable():  # control characters (NUL, CR, LF, ...): no HTTP client can send them
+        raise UnsafeUrl("the URL contains a control character", errors=_field("control character", field))
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -120,7 +122,7 @@ async def check_target(
         internal = [a for a in addresses if is_internal(a)]
         if internal:
             raise UnsafeUrl(
-                f"the host {host} resolves to an internal address ({internal[0]})",
+                f"the host {host} resolves to an internal address",  # which one is not the caller's to learn
                 errors=_field("internal address", field),
             )
     return CheckedTarget(url, scheme, host, port, addresses)
@@ -141,7 +143,7 @@ async def _resolve(host: str, port: int, timeout: float, field: str) -> tuple[st
         infos = await asyncio.wait_for(
             asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM), timeout
         )
-    except (TimeoutError, OSError):
+    except (TimeoutError, OSError, UnicodeError):  # UnicodeError: not a host name at all (`a..b`, a 64-char label)
         raise UnsafeUrl(f"the host {host} does not resolve", errors=_field("does not resolve", field)) from None
     return tuple(dict.fromkeys(str(info[4][0]) for info in infos))
 

@@ -1,7 +1,11 @@
 """The long-running roles (gateway, relay, worker) as coroutines that run until `stop` is set.
 
-The CLI runs each alone in production and all together under `ackflow dev`. This is the one
-place that wires the service packages together; the packages themselves never import each other.
+The CLI runs each alone in production and all together under `ackflow dev`. This module is the
+composition root: the one module of the core `ackflow` that imports the service packages, each
+through its `__init__`, to wire them into roles. The rules the packages follow (README
+"Development", checked by `lint-imports`): gateway, outbox_cdc, callbacks and workflows import only
+the core, never each other; activities, whose worker runs the workflows and the webhook dispatcher,
+imports workflows and callbacks too.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import asyncpg
 import uvicorn
 from redis.asyncio import Redis
 
-from ackflow.contracts import STATUS_TOPICS, TOPIC_ACCEPTED, TOPIC_CANCEL_REQUESTED
+from ackflow.contracts import STATUS_TOPICS, TOPIC_ACCEPTED, TOPIC_BATCH, TOPIC_CANCEL_REQUESTED
 from ackflow.events import Route
 from ackflow.handlers import HandlerRegistry
 from ackflow.settings import Settings
@@ -54,6 +58,10 @@ async def run_gateway(
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=3,
+        # Clients have nothing to say on a WebSocket: a message over the cap closes it (1009), and no
+        # compression, whose inflate buffers a client could make the gateway hold.
+        ws_max_size=settings.ws_max_message_bytes,
+        ws_per_message_deflate=False,
     )
     server = SignalFreeServer(config)
     serving = asyncio.create_task(server.serve())
@@ -69,13 +77,14 @@ async def run_gateway(
 def relay_routes(client: Client, redis: Redis, settings: Settings, pool: asyncpg.Pool) -> dict[str, Route]:
     """Topic -> route: Temporal for workflow starts and cancels, callbacks for status events."""
     from callbacks import StatusEventRoute, StatusPublisher, WebhookFanout
-    from outbox_cdc import TemporalDispatcher
+    from outbox_cdc import CancelRequestRoute, TemporalDispatcher
 
     dispatcher = TemporalDispatcher(client, settings.task_queue)
     on_status = StatusEventRoute(WebhookFanout(pool), StatusPublisher(redis))
     routes: dict[str, Route] = {
+        TOPIC_BATCH: dispatcher.start_batch,
         TOPIC_ACCEPTED: dispatcher.start_request,
-        TOPIC_CANCEL_REQUESTED: dispatcher.cancel_request,
+        TOPIC_CANCEL_REQUESTED: CancelRequestRoute(pool, dispatcher),
     }
     routes.update({topic: on_status for topic in STATUS_TOPICS})
     return routes
@@ -84,25 +93,42 @@ def relay_routes(client: Client, redis: Redis, settings: Settings, pool: asyncpg
 async def run_relay(
     settings: Settings, stop: asyncio.Event, *, pool: asyncpg.Pool, client: Client, redis: Redis
 ) -> None:
-    """Relay the outbox until `stop` is set."""
-    from outbox_cdc import OutboxRelay, WorkflowAdmission
+    """Relay the outbox until `stop` is set; in the background, reconcile requests in flight with their
+    workflows and prune finished work (ackflow.db.retention)."""
+    from ackflow.db.retention import Pruner
+    from outbox_cdc import DeadLetterLimits, OutboxRelay, Reconciler, WorkflowAdmission
 
     relay = OutboxRelay(
         pool,
         settings.database_url,
         relay_routes(client, redis, settings, pool),
         batch_size=settings.relay_batch_size,
+        batch_max=settings.batch_max,
         poll_seconds=settings.relay_poll_seconds,
+        lease_seconds=settings.relay_lease_seconds,
         admission=WorkflowAdmission(settings.relay_max_in_flight),
+        dead_letters=DeadLetterLimits(settings.outbox_max_attempts, settings.outbox_max_failing_seconds),
         listen=settings.outbox_notify,
     )
-    await relay.run(stop)
+    reconciler = Reconciler(pool, client, interval_seconds=settings.reconcile_seconds)
+    background = [
+        asyncio.create_task(reconciler.run(stop), name="reconcile"),
+        asyncio.create_task(Pruner.from_settings(pool, settings).run(stop), name="retention"),
+    ]
+    try:
+        await relay.run(stop)
+    finally:
+        for task in background:
+            task.cancel()  # a prune batch under way rolls back: the next pass deletes it
+        for task in background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 async def run_worker(
     settings: Settings, stop: asyncio.Event, *, pool: asyncpg.Pool, client: Client, registry: HandlerRegistry
 ) -> None:
     """Run the Temporal worker until `stop` is set."""
-    from activities.worker import run_worker as run
+    from activities import run_worker as run
 
     await run(client, pool, registry, settings, stop)

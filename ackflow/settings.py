@@ -7,6 +7,7 @@ passes it down; nothing reads the environment elsewhere. A malformed value is a
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -16,6 +17,11 @@ from ackflow.contracts import DEFAULT_TASK_QUEUE, WEBHOOK_RETRY_SCHEDULE_SECONDS
 from ackflow.errors import ConfigurationError
 
 T = TypeVar("T")
+
+# A batch's request ids go into one search attribute (AckflowRequestIds), whose value Temporal bounds
+# (2 KiB by default: about 50 ids).
+MAX_BATCH = 50
+MAX_RETENTION_DAYS = 100_000  # far beyond any need, and well inside Postgres' interval range
 
 
 @dataclass(frozen=True)
@@ -36,8 +42,13 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     retry_after_seconds: int = 1
     relay_batch_size: int = 100
+    batch_max: int = 50
     relay_poll_seconds: float = 1.0
     relay_max_in_flight: int = 200
+    relay_lease_seconds: float = 30.0
+    outbox_max_attempts: int = 500
+    outbox_max_failing_seconds: float = 6 * 3600.0
+    reconcile_seconds: float = 60.0
     outbox_notify: bool = True
     auth_cache_seconds: float = 2.0
     capability_ttl_seconds: int = 24 * 3600
@@ -46,6 +57,7 @@ class Settings:
     stream_poll_seconds: float = 2.0
     rate_limit_per_second: int = 1000
     max_streams_per_tenant: int = 5000
+    ws_max_message_bytes: int = 4096
     webhook_allow_private: bool = False
     webhook_disable_after_days: float = 5.0
     webhook_max_in_flight: int = 200
@@ -54,6 +66,13 @@ class Settings:
     db_pool_size: int = 10
     connect_timeout_seconds: float = 10.0
     log_level: str = "INFO"
+    # Retention (ackflow/db/retention.py): how long finished work is kept, and how the relay prunes.
+    retain_requests_days: float = 30.0
+    retain_deliveries_days: float = 30.0
+    retain_endpoint_events_days: float = 90.0
+    retain_deleted_endpoints_days: float = 30.0
+    prune_interval_seconds: float = 300.0
+    prune_batch_size: int = 500
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -85,6 +104,12 @@ def _parse(variable: str, raw: str, parse: Callable[[str], Any]) -> Any:
     return value
 
 
+def _at_most(value: int, limit: int) -> int:
+    if value > limit:
+        raise ValueError(f"expected at most {limit}")
+    return value
+
+
 def _bool(raw: str) -> bool:
     lowered = raw.lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -99,6 +124,13 @@ def _seconds_list(raw: str) -> tuple[float, ...]:
     if not values or any(value <= 0 for value in values):
         raise ValueError("expected comma-separated positive seconds, such as 5,300,1800")
     return values
+
+
+def _days(raw: str) -> float:
+    value = float(raw)
+    if not math.isfinite(value) or value > MAX_RETENTION_DAYS:
+        raise ValueError(f"expected days up to {MAX_RETENTION_DAYS}, such as 30 (36500 keeps rows a century)")
+    return value
 
 
 def _module_list(raw: str) -> tuple[str, ...]:
@@ -128,8 +160,13 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "cors_origins": ("ACKFLOW_CORS_ORIGINS", _module_list),
     "retry_after_seconds": ("ACKFLOW_RETRY_AFTER_SECONDS", int),
     "relay_batch_size": ("ACKFLOW_RELAY_BATCH_SIZE", int),
+    "batch_max": ("ACKFLOW_BATCH_MAX", lambda raw: _at_most(int(raw), MAX_BATCH)),
     "relay_poll_seconds": ("ACKFLOW_RELAY_POLL_SECONDS", float),
     "relay_max_in_flight": ("ACKFLOW_RELAY_MAX_IN_FLIGHT", int),
+    "relay_lease_seconds": ("ACKFLOW_RELAY_LEASE_SECONDS", float),
+    "outbox_max_attempts": ("ACKFLOW_OUTBOX_MAX_ATTEMPTS", int),
+    "outbox_max_failing_seconds": ("ACKFLOW_OUTBOX_MAX_FAILING_SECONDS", float),
+    "reconcile_seconds": ("ACKFLOW_RECONCILE_SECONDS", float),
     "outbox_notify": ("ACKFLOW_OUTBOX_NOTIFY", _bool),
     "auth_cache_seconds": ("ACKFLOW_AUTH_CACHE_SECONDS", float),
     "capability_ttl_seconds": ("ACKFLOW_CAPABILITY_TTL_SECONDS", int),
@@ -138,6 +175,7 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "stream_poll_seconds": ("ACKFLOW_STREAM_POLL_SECONDS", float),
     "rate_limit_per_second": ("ACKFLOW_RATE_LIMIT_PER_SECOND", int),
     "max_streams_per_tenant": ("ACKFLOW_MAX_STREAMS_PER_TENANT", int),
+    "ws_max_message_bytes": ("ACKFLOW_WS_MAX_MESSAGE_BYTES", int),
     "webhook_allow_private": ("ACKFLOW_WEBHOOK_ALLOW_PRIVATE", _bool),
     "webhook_disable_after_days": ("ACKFLOW_WEBHOOK_DISABLE_AFTER_DAYS", float),
     "webhook_max_in_flight": ("ACKFLOW_WEBHOOK_MAX_IN_FLIGHT", int),
@@ -146,6 +184,12 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "db_pool_size": ("ACKFLOW_DB_POOL_SIZE", int),
     "connect_timeout_seconds": ("ACKFLOW_CONNECT_TIMEOUT_SECONDS", float),
     "log_level": ("ACKFLOW_LOG_LEVEL", str.upper),
+    "retain_requests_days": ("ACKFLOW_RETAIN_REQUESTS_DAYS", _days),
+    "retain_deliveries_days": ("ACKFLOW_RETAIN_DELIVERIES_DAYS", _days),
+    "retain_endpoint_events_days": ("ACKFLOW_RETAIN_ENDPOINT_EVENTS_DAYS", _days),
+    "retain_deleted_endpoints_days": ("ACKFLOW_RETAIN_DELETED_ENDPOINTS_DAYS", _days),
+    "prune_interval_seconds": ("ACKFLOW_PRUNE_INTERVAL_SECONDS", float),
+    "prune_batch_size": ("ACKFLOW_PRUNE_BATCH_SIZE", int),
 }
 
 _HINTS = {

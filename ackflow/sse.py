@@ -7,6 +7,9 @@ import codecs
 import re
 from dataclasses import dataclass
 
+from ackflow.inputs import parse_digits
+
+MAX_RETRY_MS = 24 * 3600 * 1000  # a longer `retry:` is ignored (and a 5,000-digit one made int() raise)
 _LINE_END = re.compile(r"\r\n|\r|\n")  # the only line ends of an event stream (not U+2028, U+0085, ...)
 
 
@@ -79,8 +82,8 @@ class EventStreamParser:
             self._event = value
         elif name == "id" and "\0" not in value:
             self._id = value
-        elif name == "retry" and value.isascii() and value.isdigit():
-            self.retry = int(value) / 1000
+        elif name == "retry" and (milliseconds := parse_digits(value, maximum=MAX_RETRY_MS)) is not None:
+            self.retry = milliseconds / 1000
         return None
 
     def _dispatch(self) -> SseMessage | None:

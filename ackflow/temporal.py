@@ -10,15 +10,31 @@ from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSe
 from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
 
-from ackflow.contracts import SEARCH_ATTRIBUTE_KIND, SEARCH_ATTRIBUTE_TENANT
+from ackflow.contracts import (
+    SEARCH_ATTRIBUTE_KIND,
+    SEARCH_ATTRIBUTE_KINDS,
+    SEARCH_ATTRIBUTE_REQUEST_IDS,
+    SEARCH_ATTRIBUTE_TENANT,
+    SEARCH_ATTRIBUTE_TENANTS,
+    SEARCH_ATTRIBUTE_TYPES,
+)
 from ackflow.errors import ServiceUnavailable
 from ackflow.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# Every workflow carries its tenant and kind; a batch, which may hold several, carries them as lists
+# beside every request id it runs (find a request's workflow by `AckflowRequestIds = "<id>"`).
 TENANT_KEY = SearchAttributeKey.for_keyword(SEARCH_ATTRIBUTE_TENANT)
 KIND_KEY = SearchAttributeKey.for_keyword(SEARCH_ATTRIBUTE_KIND)
-SEARCH_ATTRIBUTES = (TENANT_KEY, KIND_KEY)
+REQUEST_IDS_KEY = SearchAttributeKey.for_keyword_list(SEARCH_ATTRIBUTE_REQUEST_IDS)
+TENANTS_KEY = SearchAttributeKey.for_keyword_list(SEARCH_ATTRIBUTE_TENANTS)
+KINDS_KEY = SearchAttributeKey.for_keyword_list(SEARCH_ATTRIBUTE_KINDS)
+_INDEXED_TYPES = {
+    "Keyword": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
+    "KeywordList": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD_LIST,
+}
+SEARCH_ATTRIBUTES = {name: _INDEXED_TYPES[kind] for name, kind in SEARCH_ATTRIBUTE_TYPES.items()}
 
 
 async def connect_temporal(settings: Settings) -> Client:
@@ -36,18 +52,18 @@ async def connect_temporal(settings: Settings) -> Client:
 
 
 async def ensure_search_attributes(client: Client) -> None:
-    """Register ackflow's keyword search attributes if missing; warn (not fail) without permission."""
+    """Register ackflow's search attributes if missing; warn (not fail) without permission."""
     missing: set[str] = set()
     try:
         listed = await client.operator_service.list_search_attributes(
             ListSearchAttributesRequest(namespace=client.namespace)
         )
-        missing = {key.name for key in SEARCH_ATTRIBUTES} - set(listed.custom_attributes)
+        missing = set(SEARCH_ATTRIBUTES) - set(listed.custom_attributes)
         if missing:
             await client.operator_service.add_search_attributes(
                 AddSearchAttributesRequest(
                     namespace=client.namespace,
-                    search_attributes={name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for name in sorted(missing)},
+                    search_attributes={name: SEARCH_ATTRIBUTES[name] for name in sorted(missing)},
                 )
             )
     except Exception as exc:  # an operator may have withheld the permission; workflows still run

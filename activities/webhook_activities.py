@@ -1,4 +1,9 @@
-"""The activity of WebhookRetryWorkflow: one scheduled attempt, performed by callbacks' attempts."""
+"""The activity of WebhookRetryWorkflow: one scheduled attempt, performed by callbacks' attempts.
+
+The attempt waits for a send slot of its endpoint under the limits every process shares
+(callbacks/limits.py), and is recorded only if the delivery is still on its retry schedule with the
+attempt count it read, so a dispatcher's resend and this attempt never both record the same one.
+"""
 
 from __future__ import annotations
 

@@ -38,8 +38,8 @@ DEFAULT_RATE = 200.0
 TENANT = "bench"  # the tenant bench/stack.py creates
 SETTLE_SECONDS = 30.0
 COMPLETED = "SELECT count(*) FROM requests WHERE completed_at IS NOT NULL"
-# As the relay's admission counts them (ackflow/db/queries.sql, claim_outbox).
-WORKFLOWS_IN_FLIGHT = "SELECT count(*) FROM requests WHERE workflow_started_at IS NOT NULL AND completed_at IS NULL"
+# As the relay's admission counts them (ackflow_claim_outbox, migration 0009).
+WORKFLOWS_IN_FLIGHT = "SELECT count(*) FROM requests WHERE admitted_at IS NOT NULL AND completed_at IS NULL"
 
 
 async def measure_backlog(

@@ -42,6 +42,10 @@ def throughput_per_stage(results: dict[str, Any]) -> list[tuple[str, float, floa
     if "end_to_end" in results:
         e2e = results["end_to_end"]
         stages.append(("end to end", e2e["ackflow"]["max_rate"], e2e["temporal"]["max_rate"]))
+    if "batching" in results:
+        runs = results["batching"]["closed_loop"]
+        batched = runs.get(results["batching"]["batched"], {}).get("sustained_rate")
+        stages.append(("end to end, batched", batched or 0.0, runs.get("temporal", {}).get("sustained_rate") or 0.0))
     if "webhooks" in results:
         webhooks = results["webhooks"]
         stages.append(("webhook deliveries", webhooks["ackflow"]["rate"] or 0.0, webhooks["httpx"]["rate"] or 0.0))

@@ -1,4 +1,4 @@
-"""How long and how hard each scenario runs: `--quick` (under 2 minutes in all) or the full run."""
+"""How long and how hard each scenario runs: `--quick` (about 5 minutes in all, 3 of them batching) or the full run."""
 
 from __future__ import annotations
 
@@ -25,6 +25,12 @@ class Profile:
     notify_seconds: float
     fanout_clients: tuple[int, ...]
     webhook_deliveries: int
+    batching_requests: int  # closed loop, per configuration
+    batching_clients: int
+    batching_batch_maxes: tuple[int, ...]  # ACKFLOW_BATCH_MAX values compared (raw Temporal always runs beside them)
+    batching_latency_seconds: float  # each open-loop latency step
+    batching_burst: int
+    batching_idle_accepts: int  # the burst's baseline: accepts with nothing draining
 
 
 QUICK = Profile(
@@ -44,6 +50,12 @@ QUICK = Profile(
     notify_seconds=2.5,
     fanout_clients=(2500,),  # 10,000 take ~30 s to connect here: the full profile only
     webhook_deliveries=1000,
+    batching_requests=1000,
+    batching_clients=32,
+    batching_batch_maxes=(1, 10, 50),
+    batching_latency_seconds=3.0,
+    batching_burst=2000,
+    batching_idle_accepts=500,
 )
 
 FULL = Profile(
@@ -63,4 +75,10 @@ FULL = Profile(
     notify_seconds=15.0,
     fanout_clients=(1000, 10_000),
     webhook_deliveries=20_000,
+    batching_requests=3000,
+    batching_clients=32,
+    batching_batch_maxes=(1, 10, 50),
+    batching_latency_seconds=10.0,
+    batching_burst=10_000,
+    batching_idle_accepts=2000,
 )

@@ -1,10 +1,17 @@
-"""The results files: `<timestamp>.json` (everything), `<timestamp>.md` and `latest.md` (tables)."""
+"""The results files: `latest.json` (every step) and `latest.md` (tables), the latest measurement of each scenario.
+
+A run replaces the scenarios it measured and keeps the others' last figures, so `--only` runs keep
+the set whole; `runs` in the JSON (and the table atop the Markdown) says which run measured each.
+Nothing else is written, so results do not pile up: their history is bench/CHANGELOG.md.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 from typing import Any
+
+from bench.report_batching import batching_headline, batching_table
 
 STEP_HEADER = (
     "| scenario | target | offered/s | achieved/s | p50 ms | p90 ms | p99 ms | max ms | errors "
@@ -43,6 +50,7 @@ def headline(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     rows += _notify_rows(results.get("notify"))
     rows += _fanout_rows(results.get("fanout"))
     rows += _webhook_rate_rows(results.get("webhooks"))
+    rows += batching_headline(results.get("batching"))
     return rows
 
 
@@ -151,18 +159,20 @@ def _relay_lag_rows(lag: dict[str, Any] | None) -> list[tuple[str, str, str]]:
 
 
 def markdown(results: dict[str, Any]) -> str:
-    """The Markdown report: the headline table, then every step of every ramp."""
-    meta = results["meta"]
+    """The Markdown report: which run measured each scenario, the headline table, then every step of every ramp."""
+    runs = results["runs"]
     lines = [
-        f"# ackflow benchmark, {meta['started']} ({meta['profile']} profile, {meta['duration_s']:.0f} s)\n",
-        f"{meta['cpus']} CPUs, {meta['platform']}. Ratios compare targets measured in this same run.",
-        "Seconds per scenario: "
-        + ", ".join(f"{name} {seconds:g}" for name, seconds in meta.get("scenario_seconds", {}).items())
-        + ".\n",
+        "# ackflow benchmark: the latest measurement of each scenario\n",
+        "Each ratio compares a target with its ceiling measured in the same run.\n",
+        "| scenario | measured | profile | seconds | machine |",
+        "| --- | --- | --- | ---: | --- |",
+        *[_run_row(name, run) for name, run in runs.items()],
+        "",
         "| figure | measured | target (issue 6) |",
         "| --- | --- | --- |",
         *[f"| {a} | {b} | {c} |" for a, b, c in headline(results)],
         "",
+        *batching_table(results.get("batching")),
         "## Every step\n",
         STEP_HEADER.rstrip("\n"),
     ]
@@ -173,6 +183,11 @@ def markdown(results: dict[str, Any]) -> str:
                 if data.get("half_max"):
                     lines.append(_step_row(scenario, f"{name} (half max)", data["half_max"] | {"sustainable": None}))
     return "\n".join(lines) + "\n"
+
+
+def _run_row(name: str, run: dict[str, Any]) -> str:
+    machine = f"{run['cpus']} CPUs, {run['platform']}"
+    return f"| {name} | {run['started']} | {run['profile']} | {run['seconds']:g} | {machine} |"
 
 
 def _step_row(scenario: str, name: str, step: dict[str, Any]) -> str:
@@ -217,12 +232,29 @@ def _num(value: float | None) -> str:
     return "n/a" if value is None else f"{value:g}"
 
 
-def write_results(out_dir: Path, stamp: str, results: dict[str, Any]) -> list[Path]:
-    """Write the JSON, the Markdown and latest.md; return their paths."""
+def merge_latest(latest: dict[str, Any] | None, run: dict[str, Any]) -> dict[str, Any]:
+    """`latest` with the scenarios `run` measured replaced by its figures, each noted in `runs` with its run."""
+    meta = run["meta"]
+    measured = {name: figures for name, figures in run.items() if name != "meta"}
+    kept = {name: figures for name, figures in (latest or {}).items() if name != "runs" and name not in measured}
+    runs = {name: when for name, when in (latest or {}).get("runs", {}).items() if name not in measured}
+    for name in measured:
+        runs[name] = {
+            "started": meta["started"],
+            "profile": meta["profile"],
+            "seconds": meta["scenario_seconds"][name],
+            "cpus": meta["cpus"],
+            "platform": meta["platform"],
+        }
+    return kept | measured | {"runs": runs}
+
+
+def write_results(out_dir: Path, run: dict[str, Any]) -> tuple[dict[str, Any], list[Path]]:
+    """Merge the run into `out_dir`'s latest.json, write it and latest.md; the merged results and their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    text = markdown(results)
-    paths = [out_dir / f"{stamp}.json", out_dir / f"{stamp}.md", out_dir / "latest.md"]
-    paths[0].write_text(json.dumps(results, indent=2) + "\n")
-    paths[1].write_text(text)
-    paths[2].write_text(text)
-    return paths
+    json_path, markdown_path = out_dir / "latest.json", out_dir / "latest.md"
+    latest = json.loads(json_path.read_text()) if json_path.exists() else None
+    merged = merge_latest(latest, run)
+    json_path.write_text(json.dumps(merged, indent=2) + "\n")
+    markdown_path.write_text(markdown(merged))
+    return merged, [json_path, markdown_path]

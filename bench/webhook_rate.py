@@ -2,11 +2,12 @@
 
 Going through Temporal to make thousands of DONE events would measure Temporal (~25 workflows/s
 here), so the backlog is made the way the relay's fan-out makes it: `fan_out_webhooks` (the same
-SQL) with `webhook_body` (the same bytes), once per synthetic `request.done` event, for an endpoint
-registered through the API by a tenant of its own (so no other scenario's endpoint gets any). All N
-go in one transaction: its commit fires the INSERT trigger's NOTIFY, which is what wakes the
-worker's dispatcher in production. The rate is N over the time from just before that commit to the
-receiver's last arrival; every delivery must also end `succeeded` in Postgres.
+SQL, for all N synthetic `request.done` events in one statement) with `webhook_body` (the same
+bytes), for an endpoint registered through the API by a tenant of its own (so no other scenario's
+endpoint gets any). All N go in one transaction: its commit fires the INSERT trigger's NOTIFY,
+which is what wakes the worker's dispatcher in production. The rate is N over the time from just
+before that commit to the receiver's last arrival; every delivery must also end `succeeded` in
+Postgres.
 
 The ceiling: the same receiver process, the same N bodies, POSTed by one plain httpx client with
 the worker's concurrency (ACKFLOW_WEBHOOK_MAX_IN_FLIGHT): no database, no signing, no bookkeeping.
@@ -32,14 +33,15 @@ import httpx
 
 from ackflow import devstack
 from ackflow.contracts import DONE, TOPIC_FOR_STATUS
+from ackflow.db.listen import WEBHOOKS_CHANNEL as DISPATCHER_CHANNEL
 from ackflow.db.pool import connect
 from ackflow.db.queries import sql
 from ackflow.ids import new_request_id
 from ackflow.settings import Settings
 from ackflow.tenants import create_tenant
+from ackflow.timestamps import wire_timestamp
 from bench.cpu import cpu_seconds, cpu_spent
 from bench.stack import Stack
-from callbacks.dispatcher import NOTIFY_CHANNEL as DISPATCHER_CHANNEL
 from callbacks.fanout import webhook_body
 
 TOPIC = TOPIC_FOR_STATUS[DONE]
@@ -160,7 +162,7 @@ async def _register_endpoint(stack: Stack, api_key: str, url: str, in_flight: in
 
 def _events(count: int) -> list[tuple[str, str]]:
     """(request id, webhook body) of `count` DONE events, shaped as the relay's fan-out sees them."""
-    now = datetime.now(UTC).isoformat()
+    now = wire_timestamp(datetime.now(UTC))
     events = []
     for i in range(count):
         request_id = str(new_request_id())
@@ -188,13 +190,17 @@ async def _ackflow(
         event_ids = await connection.fetch(
             "SELECT nextval(pg_get_serial_sequence('request_events', 'id')) FROM generate_series(1, $1)", len(events)
         )
-        args = [
-            (row[0], TOPIC, tenant_id, uuid.UUID(rid), body) for row, (rid, body) in zip(event_ids, events, strict=True)
-        ]
+        args = (
+            [row[0] for row in event_ids],
+            [TOPIC] * len(events),
+            [tenant_id] * len(events),
+            [uuid.UUID(rid) for rid, _ in events],
+            [body for _, body in events],
+        )
         before = await receiver.count()
         transaction = connection.transaction()
         await transaction.start()
-        await connection.executemany(sql("fan_out_webhooks"), args)
+        await connection.execute(sql("fan_out_webhooks"), *args)  # all N events in one statement, as the relay does
         pids = {name: pid for name, pid in stack.pids().items() if name.startswith("worker")}
         pids |= {name: stack.pid(name) for name in ("postgres", "receiver")}
         cpu_before = cpu_seconds(pids)

@@ -4,7 +4,7 @@ webhook endpoints (signed per Standard Webhooks, retried durably on Temporal).""
 from callbacks.attempts import WebhookAttempts
 from callbacks.dispatcher import WebhookDispatcher
 from callbacks.fanout import WebhookFanout
-from callbacks.limits import EndpointLimiter
+from callbacks.limits import EndpointBusy, EndpointSlots
 from callbacks.publisher import StatusPublisher
 from callbacks.retries import TemporalRetryStarter
 from callbacks.sender import WebhookSender
@@ -12,7 +12,8 @@ from callbacks.status_route import StatusEventRoute
 from callbacks.transport import SplitTransport
 
 __all__ = [
-    "EndpointLimiter",
+    "EndpointBusy",
+    "EndpointSlots",
     "SplitTransport",
     "StatusEventRoute",
     "StatusPublisher",

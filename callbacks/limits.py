@@ -1,82 +1,59 @@
-"""Per-endpoint concurrency and rate limits, enforced on every send from this process.
+"""Endpoint limits shared by every process: how a retry workflow's attempt gets its send slot.
 
-Each endpoint gets a semaphore (at most `max_concurrency` attempts in flight) and a token bucket
-(at most `rate_limit_per_second` attempts started per second, with a one-second burst). Limits are
-read from Postgres and refreshed every few seconds, so a PATCH takes effect without a restart.
-With N worker processes an endpoint can see up to N times these figures.
+An endpoint's `max_concurrency` counts its deliveries under a live lease (`lease_until`), whoever
+holds it; its `rate_limit_per_second` is a token bucket in Postgres (`webhook_endpoint_buckets`,
+a one-second burst). The dispatcher takes both in its claim (claim_webhook_deliveries), so what it
+claims may be sent at once; a retry attempt takes them here, under the same bucket lock, so with any
+number of workers an endpoint sees its limits once, not once a process.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 
 import asyncpg
 
+from ackflow.contracts import DeliveryState
 from ackflow.db.queries import sql
 
-REFRESH_SECONDS = 5.0
-DEFAULT_CONCURRENCY = 10
+# How soon a full endpoint is asked again for a concurrency slot: doubling up to the most, so many
+# retries waiting for one busy endpoint do not poll Postgres in a herd.
+SLOT_POLL_SECONDS = (0.2, 2.0)
 
 
-@dataclass
-class _Limit:
-    concurrency: int
-    rate: int | None
-    semaphore: asyncio.Semaphore
-    tokens: float
-    refilled_at: float
-    read_at: float
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+class EndpointBusy(Exception):
+    """No send slot of the endpoint came free in time; the activity fails and Temporal retries it."""
 
 
-class EndpointLimiter:
-    """Hands out send slots per endpoint."""
+class EndpointSlots:
+    """Takes send slots for single attempts, waiting while the endpoint is at its limits."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, lease_seconds: float, max_wait_seconds: float = 20.0) -> None:
         self._pool = pool
-        self._limits: dict[uuid.UUID, _Limit] = {}
+        self._lease_seconds = lease_seconds
+        self._max_wait_seconds = max_wait_seconds
 
-    @contextlib.asynccontextmanager
-    async def slot(self, endpoint_id: uuid.UUID | None) -> AsyncIterator[None]:
-        """Wait for a concurrency slot and a rate token of the endpoint (callback URLs are unlimited)."""
-        if endpoint_id is None:
-            yield
-            return
-        limit = await self._limit(endpoint_id)
-        async with limit.semaphore:
-            await self._take_token(limit)
-            yield
+    async def take(self, delivery_id: uuid.UUID, states: Sequence[DeliveryState]) -> bool:
+        """Lease the delivery with a send slot of its endpoint, if it is still in one of `states`.
 
-    async def _limit(self, endpoint_id: uuid.UUID) -> _Limit:
-        now = time.monotonic()
-        limit = self._limits.get(endpoint_id)
-        if limit is not None and now - limit.read_at < REFRESH_SECONDS:
-            return limit
-        row = await self._pool.fetchrow(sql("endpoint_limits"), [endpoint_id])
-        concurrency = row["max_concurrency"] if row else DEFAULT_CONCURRENCY
-        rate = row["rate_limit_per_second"] if row else None
-        # Other sends to this endpoint may have read it meanwhile: share their limit, never make a second one.
-        limit = self._limits.get(endpoint_id)
-        if limit is None or limit.concurrency != concurrency:
-            limit = _Limit(concurrency, rate, asyncio.Semaphore(concurrency), float(rate or 0), now, now)
-            self._limits[endpoint_id] = limit
-        limit.rate, limit.read_at = rate, now
-        return limit
-
-    async def _take_token(self, limit: _Limit) -> None:
-        if limit.rate is None:
-            return
-        async with limit.lock:  # one waiter at a time, so tokens go out in order
-            while True:
-                now = time.monotonic()
-                limit.tokens = min(float(limit.rate), limit.tokens + (now - limit.refilled_at) * limit.rate)
-                limit.refilled_at = now
-                if limit.tokens >= 1:
-                    limit.tokens -= 1
-                    return
-                await asyncio.sleep((1 - limit.tokens) / limit.rate)
+        False if it is no longer in them (someone else attempted or finished it); raises EndpointBusy
+        when no slot came free within the wait, so a stalled endpoint never holds an activity long."""
+        deadline = time.monotonic() + self._max_wait_seconds
+        poll, most = SLOT_POLL_SECONDS
+        while True:
+            async with self._pool.acquire() as connection, connection.transaction():
+                await connection.execute(sql("lock_endpoint_bucket"), delivery_id)
+                row = await connection.fetchrow(
+                    sql("take_attempt_slot"), delivery_id, list(states), self._lease_seconds
+                )
+            assert row is not None
+            if not row["owned"] or row["taken"]:
+                return bool(row["taken"])
+            wait = max(row["token_in_seconds"] or 0.0, poll)
+            if time.monotonic() + wait > deadline:
+                raise EndpointBusy(f"delivery {delivery_id}: its endpoint had no free send slot for a while")
+            await asyncio.sleep(wait)
+            poll = min(poll * 2, most)

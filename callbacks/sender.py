@@ -13,6 +13,7 @@ webhook needs, and cost about a fifth of each send's CPU.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 from collections.abc import Sequence
@@ -22,13 +23,15 @@ from email.utils import parsedate_to_datetime
 
 import httpx
 
+from ackflow.inputs import parse_digits
 from ackflow.netguard import Resolver, UnsafeUrl, check_target
 from callbacks.signing import signature_headers
 
-ATTEMPT_TIMEOUT_SECONDS = 15.0
-_TIMEOUT = httpx.Timeout(ATTEMPT_TIMEOUT_SECONDS).as_dict()  # each of: a free connection, connect, write, read
-RESPONSE_EXCERPT_BYTES = 1024
+ATTEMPT_DEADLINE_SECONDS = 15.0  # the whole attempt: resolve, connect, send, and read the answer
+RESPONSE_EXCERPT_BYTES = 1024  # of the answer's body; the rest is never read
 USER_AGENT = "ackflow-webhooks/1"
+# A Retry-After of more seconds than this (a year) is the receiver's mistake: ignored, as is any non-ASCII digit.
+MAX_RETRY_AFTER_SECONDS = 365 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -52,15 +55,37 @@ class AttemptResult:
 
 
 class WebhookSender:
-    """Sends signed webhook attempts over one shared HTTP transport."""
+    """Sends signed webhook attempts over one shared HTTP transport.
 
-    def __init__(self, transport: httpx.AsyncBaseTransport, *, allow_private: bool) -> None:
+    A partner's answer is bounded in bytes and time: at most RESPONSE_EXCERPT_BYTES of its body are
+    read, and the whole attempt has one deadline (`deadline_seconds`). httpx's own timeouts are per
+    phase and per read, so a receiver sending a byte every few seconds would extend them for ever;
+    one deadline around everything cannot be extended.
+    """
+
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport,
+        *,
+        allow_private: bool,
+        deadline_seconds: float = ATTEMPT_DEADLINE_SECONDS,
+    ) -> None:
         self._transport = transport
         self._allow_private = allow_private
+        self._deadline_seconds = deadline_seconds
         self._resolver = Resolver()
 
     async def send(self, url: str, message_id: str, body: str, secrets: Sequence[str]) -> AttemptResult:
         started = time.monotonic()
+        try:
+            async with asyncio.timeout(self._deadline_seconds):
+                return await self._attempt(url, message_id, body, secrets, started)
+        except TimeoutError:
+            return AttemptResult(None, _since(started), None, f"timed out after {self._deadline_seconds:g}s")
+
+    async def _attempt(
+        self, url: str, message_id: str, body: str, secrets: Sequence[str], started: float
+    ) -> AttemptResult:
         try:
             target = await check_target(url, allow_private=self._allow_private, resolver=self._resolver)
         except UnsafeUrl as refused:
@@ -69,31 +94,40 @@ class WebhookSender:
             "content-type": "application/json",
             "user-agent": USER_AGENT,
             **signature_headers(message_id, body, secrets),
+            "host": target.host if target.port in (80, 443) else f"{target.host}:{target.port}",
         }
-        pinned_url, extensions = _pinned(target.url, target.host, target.addresses[0], target.scheme)
-        headers["host"] = target.host if target.port in (80, 443) else f"{target.host}:{target.port}"
-        request = httpx.Request("POST", pinned_url, content=body.encode(), headers=headers, extensions=extensions)
         try:
+            pinned_url, extensions = _pinned(target.url, target.host, target.addresses[0], target.scheme)
+            request = httpx.Request("POST", pinned_url, content=body.encode(), headers=headers, extensions=extensions)
             response = await self._transport.handle_async_request(request)
             try:
-                content = await response.aread()
+                content = await _excerpt(response)
             finally:
-                await response.aclose()
-        except httpx.TimeoutException:
-            return AttemptResult(None, _since(started), None, f"timed out after {ATTEMPT_TIMEOUT_SECONDS:.0f}s")
-        except httpx.HTTPError as exc:
+                await response.aclose()  # a body left unread: httpcore closes the connection, never drains it
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             return AttemptResult(None, _since(started), None, f"{type(exc).__name__}: {exc}"[:500])
         # Postgres text cannot hold NUL: an excerpt with one could never be recorded (and would be resent).
-        excerpt = content[:RESPONSE_EXCERPT_BYTES].decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+        excerpt = content.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
         retry_after = _retry_after(response) if response.status_code in (429, 503) else None
         error = None if response.is_success else f"HTTP {response.status_code}"
         return AttemptResult(response.status_code, _since(started), excerpt, error, retry_after)
 
 
+async def _excerpt(response: httpx.Response) -> bytes:
+    """The first RESPONSE_EXCERPT_BYTES of the body as sent (not decompressed: a small compressed body
+    can inflate to gigabytes). Reading stops there; one network read brings at most 64 KiB."""
+    received = bytearray()
+    async for chunk in response.aiter_raw():
+        received += chunk
+        if len(received) >= RESPONSE_EXCERPT_BYTES:
+            break
+    return bytes(received[:RESPONSE_EXCERPT_BYTES])
+
+
 def _pinned(url: str, host: str, address: str, scheme: str) -> tuple[httpx.URL, dict[str, object]]:
-    """The URL with its host replaced by the checked address, and the request's extensions: the
-    timeout, and the TLS server name to use."""
-    return _pinned_url(url, address), {"timeout": _TIMEOUT} | ({"sni_hostname": host} if scheme == "https" else {})
+    """The URL with its host replaced by the checked address, and the request's extensions: the TLS
+    server name to use (no httpx timeouts: the attempt's deadline bounds it all)."""
+    return _pinned_url(url, address), ({"sni_hostname": host} if scheme == "https" else {})
 
 
 @functools.lru_cache(maxsize=4096)
@@ -106,8 +140,9 @@ def _retry_after(response: httpx.Response) -> float | None:
     value = response.headers.get("retry-after", "").strip()
     if not value:
         return None
-    if value.isdigit():
-        return float(value)
+    seconds = parse_digits(value, maximum=MAX_RETRY_AFTER_SECONDS)
+    if seconds is not None:
+        return float(seconds)
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):

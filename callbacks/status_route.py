@@ -9,7 +9,11 @@ from callbacks.publisher import StatusPublisher
 
 class StatusEventRoute:
     """Fan out to webhooks, then publish live. Both are idempotent, so a re-sent row is harmless;
-    if publishing fails the row stays and both run again (the deliveries already exist)."""
+    if publishing fails the row stays and both run again (the deliveries already exist).
+
+    The relay dispatches a claim's rows concurrently and each reaches the fan-out before any of
+    them waits, so a claim's status events are fanned out in one statement, then published in one
+    pipeline; if either fails, every event it held fails (and is re-sent)."""
 
     def __init__(self, fanout: WebhookFanout, publisher: StatusPublisher) -> None:
         self._fanout = fanout

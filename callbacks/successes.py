@@ -9,14 +9,15 @@ attempts not yet recorded still count against the dispatcher's in-flight limit a
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
 
+from ackflow.contracts import DeliveryState
 from ackflow.db.queries import sql
+from ackflow.group_commit import GroupCommit
 
 
 @dataclass(frozen=True)
@@ -32,44 +33,24 @@ class Success:
     latency_ms: int
     response_body: str | None
     url: str
+    owned_states: tuple[DeliveryState, ...]  # recorded only if the delivery is still in one of them
 
 
 class SuccessRecorder:
-    """Writes succeeded attempts to the delivery log in batches."""
+    """Writes succeeded attempts to the delivery log in batches (a GroupCommit)."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
-        self._waiting: list[tuple[Success, asyncio.Future[None]]] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._writes: GroupCommit[Success, bool] = GroupCommit(self._write)
 
-    async def record(self, success: Success) -> None:
-        """Record the attempt; return once it is written (or raise what writing it raised)."""
-        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append((success, written))
-        if self._writer is None:
-            self._writer = asyncio.create_task(self._write_all())
-        await written
+    async def record(self, success: Success) -> bool:
+        """Record the attempt; return once it is written (or raise what writing it raised): False if it
+        was not, as its delivery had moved on (another attempter recorded first)."""
+        return await self._writes.submit(success)
 
-    async def _write_all(self) -> None:
-        try:
-            while self._waiting:
-                batch, self._waiting = self._waiting, []
-                try:
-                    await self._write([success for success, _ in batch])
-                except BaseException as exc:  # each caller learns it, as it would have from its own statement
-                    _settle(batch, exc)
-                    if not isinstance(exc, Exception):
-                        raise
-                else:
-                    _settle(batch, None)
-        finally:
-            self._writer = None
-            _settle(self._waiting, asyncio.CancelledError())  # left only if this task was cancelled
-            self._waiting = []
-
-    async def _write(self, batch: list[Success]) -> None:
+    async def _write(self, batch: list[Success]) -> list[bool]:
         endpoint_ids = list({s.endpoint_id for s in batch if s.endpoint_id is not None})
-        await self._pool.execute(
+        rows = await self._pool.fetch(
             sql("record_successes"),
             [s.delivery_id for s in batch],
             [s.attempt for s in batch],
@@ -80,14 +61,7 @@ class SuccessRecorder:
             [s.response_body for s in batch],
             [s.url for s in batch],
             endpoint_ids,
+            [",".join(s.owned_states) for s in batch],
         )
-
-
-def _settle(batch: list[tuple[Success, asyncio.Future[None]]], error: BaseException | None) -> None:
-    for _, written in batch:
-        if written.done():  # its caller was cancelled and waits no more
-            continue
-        if error is None:
-            written.set_result(None)
-        else:
-            written.set_exception(error)
+        recorded = {row["id"] for row in rows}
+        return [s.delivery_id in recorded for s in batch]

@@ -1,11 +1,15 @@
-"""create_app(settings): the Litestar application, its dependencies and its error mapping."""
+"""create_app(settings): the Litestar application, built from its routes, its lifespan (the pool,
+the services and their background work), its error mapping, CORS and OpenAPI."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 import asyncpg
 from litestar import Litestar, Router
@@ -14,6 +18,7 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
+from litestar.types import ControllerRouterHandler
 from redis.asyncio import Redis
 
 from ackflow.db.pool import create_pool
@@ -25,17 +30,20 @@ from gateway.bodies import JsonRequest
 from gateway.capabilities import CapabilityTokens, load_signing_key
 from gateway.deliveries_controller import DeliveriesController
 from gateway.health import HealthController
-from gateway.hub import create_channels
+from gateway.hub import Hub
+from gateway.open_streams import OpenStreams
 from gateway.page import index_page, static_asset
 from gateway.problems import EXCEPTION_HANDLERS, not_found_page_as_problem
 from gateway.rate_limit import AcceptRateLimiter
 from gateway.requests_controller import RequestsController
 from gateway.services import GatewayServices
+from gateway.stream_limit import StreamLimit
 from gateway.streams import Streams
 from gateway.streams_controller import RequestStreamsController, TenantStreamsController
 from gateway.webhooks_controller import WebhooksController
 
 GC_THRESHOLDS = (10_000, 20, 100)  # see tune_garbage_collector
+BackgroundWork = Callable[[], Coroutine[Any, Any, None]]  # started with the app, cancelled when it stops
 
 
 def create_app(
@@ -51,7 +59,48 @@ def create_app(
     """
     own_redis = redis is None
     redis = redis or redis_client(settings)
-    channels, hub = create_channels(redis)
+    hub = Hub(redis)
+    return Litestar(
+        route_handlers=_route_handlers(),
+        # The hub runs inside the lifespan (entered after it, left before).
+        lifespan=[_lifespan(settings, redis, hub, pool=pool, own_redis=own_redis, tune_gc=tune_gc), hub],
+        dependencies={
+            # Handlers' one dependency (see gateway/services.py for why one).
+            "services": Provide(_services, sync_to_thread=False),
+        },
+        exception_handlers=EXCEPTION_HANDLERS,
+        request_class=JsonRequest,
+        request_max_body_size=settings.max_body_bytes,
+        cors_config=_cors(settings),
+        openapi_config=_openapi(),
+        debug=False,
+        logging_config=None,  # the CLI configures logging once for every role
+    )
+
+
+def _route_handlers() -> list[ControllerRouterHandler]:
+    return [
+        RequestsController,
+        RequestStreamsController,
+        TenantStreamsController,
+        WebhooksController,
+        DeliveriesController,
+        HealthController,
+        index_page,
+        static_asset,
+    ]
+
+
+def _lifespan(
+    settings: Settings,
+    redis: Redis,
+    hub: Hub,
+    *,
+    pool: asyncpg.Pool | None,
+    own_redis: bool,
+    tune_gc: bool,
+) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
+    """While the app serves: its pool (unless given), its services and their background work."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -60,85 +109,88 @@ def create_app(
         )
         try:
             # The API-key guard reads it from app.state; everything else is `services`.
-            app.state.authenticator = ApiKeyAuthenticator(db, settings.auth_cache_seconds)
-            streams = Streams(
-                db,
-                channels,
-                hub,
-                keepalive_seconds=settings.stream_keepalive_seconds,
-                poll_seconds=settings.stream_poll_seconds,
-                max_per_tenant=settings.max_streams_per_tenant,
-            )
-            app.state.services = GatewayServices(
-                settings=settings,
-                pool=db,
-                redis=redis,
-                hub=hub,
-                streams=streams,
-                capability_tokens=CapabilityTokens(await load_signing_key(db), settings.capability_ttl_seconds),
-                rate_limiter=AcceptRateLimiter(redis, db, settings.rate_limit_per_second),
-                outbox_waker=OutboxWaker(db),
-            )
-            background = [asyncio.create_task(app.state.authenticator.follow_revocations(channels))]
-            if settings.outbox_notify:  # else the relays only poll, and accepts' wake() calls go unsent
-                background.append(asyncio.create_task(app.state.services.outbox_waker.run()))
-            if tune_gc:
-                tune_garbage_collector()
-            try:
+            app.state.authenticator, app.state.services, background = await _build_services(settings, db, redis, hub)
+            async with _running(background):
+                if tune_gc:
+                    tune_garbage_collector()
                 yield
-            finally:
-                for task in background:
-                    task.cancel()
-                await asyncio.gather(*background, return_exceptions=True)
         finally:
             if own_redis:
                 await redis.aclose()
             if pool is None:
                 await db.close()
 
-    return Litestar(
-        route_handlers=[
-            RequestsController,
-            RequestStreamsController,
-            TenantStreamsController,
-            WebhooksController,
-            DeliveriesController,
-            HealthController,
-            index_page,
-            static_asset,
-        ],
-        lifespan=[lifespan],
-        plugins=[channels],
-        dependencies={
-            # Handlers' one dependency (see gateway/services.py for why one).
-            "services": Provide(_services, sync_to_thread=False),
-        },
-        exception_handlers=EXCEPTION_HANDLERS,
-        request_class=JsonRequest,
-        request_max_body_size=settings.max_body_bytes,
-        # Browser apps on other origins may call the API only if the deployment lists them.
-        cors_config=(
-            CORSConfig(
-                allow_origins=list(settings.cors_origins),
-                allow_methods=["GET", "POST", "PATCH", "DELETE"],
-                allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID", "Prefer"],
-                expose_headers=["Location", "Retry-After", "Idempotent-Replayed", "Preference-Applied"],
-                max_age=600,
-            )
-            if settings.cors_origins
-            else None
+    return lifespan
+
+
+async def _build_services(
+    settings: Settings, db: asyncpg.Pool, redis: Redis, hub: Hub
+) -> tuple[ApiKeyAuthenticator, GatewayServices, list[BackgroundWork]]:
+    """The API-key authenticator, the handlers' services, and the background work that keeps them."""
+    authenticator = ApiKeyAuthenticator(db, settings.auth_cache_seconds)
+    stream_limit = StreamLimit(redis, settings.max_streams_per_tenant)
+    open_streams = OpenStreams(db, stream_limit, lambda: hub.healthy, max_per_tenant=settings.max_streams_per_tenant)
+    streams = Streams(
+        db,
+        hub,
+        keepalive_seconds=settings.stream_keepalive_seconds,
+        poll_seconds=settings.stream_poll_seconds,
+        open_streams=open_streams,
+    )
+    services = GatewayServices(
+        settings=settings,
+        pool=db,
+        redis=redis,
+        streams=streams,
+        capability_tokens=CapabilityTokens(await load_signing_key(db), settings.capability_ttl_seconds),
+        rate_limiter=AcceptRateLimiter(redis, db, settings.rate_limit_per_second),
+        outbox_waker=OutboxWaker(db),
+    )
+    background: list[BackgroundWork] = [
+        functools.partial(authenticator.follow_revocations, hub, open_streams.recheck),
+        functools.partial(open_streams.run_recheck, settings.auth_cache_seconds),
+        stream_limit.run,
+    ]
+    if settings.outbox_notify:  # else the relays only poll, and accepts' wake() calls go unsent
+        background.append(services.outbox_waker.run)
+    return authenticator, services, background
+
+
+@contextlib.asynccontextmanager
+async def _running(work: list[BackgroundWork]) -> AsyncIterator[None]:
+    """Each piece of background work as a task, cancelled (and awaited) when the block ends."""
+    tasks = [asyncio.create_task(start()) for start in work]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _cors(settings: Settings) -> CORSConfig | None:
+    """Browser apps on other origins may call the API only if the deployment lists them."""
+    if not settings.cors_origins:
+        return None
+    return CORSConfig(
+        allow_origins=list(settings.cors_origins),
+        allow_methods=["GET", "POST", "PATCH", "DELETE"],
+        allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID", "Prefer"],
+        expose_headers=["Location", "Retry-After", "Idempotent-Replayed", "Preference-Applied"],
+        max_age=600,
+    )
+
+
+def _openapi() -> OpenAPIConfig:
+    """The schema at /schema (Scalar's page to read it); an unknown page under it is a problem+json 404."""
+    return OpenAPIConfig(
+        title="ackflow",
+        version="1",
+        description="Acknowledge-first request processing. Authenticate with `Authorization: Bearer <api key>`.",
+        render_plugins=[ScalarRenderPlugin()],
+        openapi_router=Router(
+            "/schema", route_handlers=[], include_in_schema=False, after_request=not_found_page_as_problem
         ),
-        openapi_config=OpenAPIConfig(
-            title="ackflow",
-            version="1",
-            description="Acknowledge-first request processing. Authenticate with `Authorization: Bearer <api key>`.",
-            render_plugins=[ScalarRenderPlugin()],
-            openapi_router=Router(
-                "/schema", route_handlers=[], include_in_schema=False, after_request=not_found_page_as_problem
-            ),
-        ),
-        debug=False,
-        logging_config=None,  # the CLI configures logging once for every role
     )
 
 

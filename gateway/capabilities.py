@@ -1,9 +1,12 @@
 """Capability URLs: a signed, expiring token that opens one request's event stream, and nothing else.
 
 Browsers cannot send an Authorization header with `EventSource` (nor with `WebSocket`), so the 202
-answer's `links.events` carries `?token=...`. The token names the tenant and an expiry and is an
-HMAC-SHA256 over (request id, tenant, expiry) with a secret all gateways share through Postgres. It
-does not grant reading or cancelling through the API, and it is worthless for any other request.
+answer's `links.events` carries `?token=...`. The token names the tenant, the API key that minted
+it and an expiry, and is an HMAC-SHA256 over (request id, tenant, key, expiry) with a secret all
+gateways share through Postgres. It does not grant reading or cancelling through the API, and it is
+worthless for any other request. The guard also checks that the key is still active, so revoking a
+key revokes every token it minted. Tokens minted before tokens named their key (three parts, not
+four) are refused: nothing says which key they speak for.
 """
 
 from __future__ import annotations
@@ -15,13 +18,16 @@ import hmac
 import os
 import time
 import uuid
+from dataclasses import dataclass
 
 import asyncpg
 
 from ackflow.db.queries import sql
 from ackflow.errors import ConfigurationError
+from ackflow.inputs import parse_digits
 
 SIGNING_KEY_NAME = "capability-urls"
+MAX_EXPIRES = 2**63 - 1
 
 
 async def load_signing_key(pool: asyncpg.Pool) -> bytes:
@@ -33,6 +39,14 @@ async def load_signing_key(pool: asyncpg.Pool) -> bytes:
     return secret
 
 
+@dataclass(frozen=True)
+class Grant:
+    """What a valid token grants: the request's stream, for this tenant, while this key is active."""
+
+    tenant_id: uuid.UUID
+    key_id: uuid.UUID
+
+
 class CapabilityTokens:
     """Issues and checks capability tokens for request event streams."""
 
@@ -40,30 +54,35 @@ class CapabilityTokens:
         self._secret = secret
         self._ttl_seconds = ttl_seconds
 
-    def issue(self, request_id: uuid.UUID, tenant_id: uuid.UUID, *, now: float | None = None) -> str:
+    def issue(self, request_id: uuid.UUID, tenant_id: uuid.UUID, key_id: uuid.UUID, *, now: float | None = None) -> str:
         expires = int((now if now is not None else time.time()) + self._ttl_seconds)
-        signature = self._sign(request_id, tenant_id, expires)
-        return f"{_b64(tenant_id.bytes)}.{expires}.{_b64(signature)}"
+        signature = self._sign(request_id, tenant_id, key_id, expires)
+        return f"{_b64(tenant_id.bytes)}.{_b64(key_id.bytes)}.{expires}.{_b64(signature)}"
 
-    def tenant_for(self, token: str, request_id: uuid.UUID, *, now: float | None = None) -> uuid.UUID | None:
-        """The tenant the token was issued to for this request, or None if it is forged, expired or for another."""
+    def grant_for(self, token: str, request_id: uuid.UUID, *, now: float | None = None) -> Grant | None:
+        """What the token grants for this request, or None if it is forged, expired, for another or unbound."""
         parts = token.split(".")
-        if len(parts) != 3 or len(token) > 200 or not parts[1].isdigit():
+        expires = parse_digits(parts[2], maximum=MAX_EXPIRES) if len(parts) == 4 and len(token) <= 200 else None
+        if expires is None:
             return None
         try:
-            tenant_id = uuid.UUID(bytes=_unb64(parts[0]))
-            signature = _unb64(parts[2])
+            grant = Grant(uuid.UUID(bytes=_unb64(parts[0])), uuid.UUID(bytes=_unb64(parts[1])))
+            signature = _unb64(parts[3])
         except (ValueError, binascii.Error):
             return None
-        expires = int(parts[1])
         if expires < (now if now is not None else time.time()):
             return None
-        if not hmac.compare_digest(signature, self._sign(request_id, tenant_id, expires)):
+        if not hmac.compare_digest(signature, self._sign(request_id, grant.tenant_id, grant.key_id, expires)):
             return None
-        return tenant_id
+        return grant
 
-    def _sign(self, request_id: uuid.UUID, tenant_id: uuid.UUID, expires: int) -> bytes:
-        message = b"ackflow-events|" + request_id.bytes + tenant_id.bytes + str(expires).encode()
+    @staticmethod
+    def unbound(token: str) -> bool:
+        """A token of the form minted before tokens named their key (refused, with its own message)."""
+        return token.count(".") == 2
+
+    def _sign(self, request_id: uuid.UUID, tenant_id: uuid.UUID, key_id: uuid.UUID, expires: int) -> bytes:
+        message = b"ackflow-events-v2|" + request_id.bytes + tenant_id.bytes + key_id.bytes + str(expires).encode()
         return hmac.new(self._secret, message, hashlib.sha256).digest()
 
 

@@ -8,6 +8,8 @@ import uuid
 
 from ackflow.errors import InvalidInput
 
+MAX_PAGE_SIZE = 200  # the most items a page of any list holds (`limit`)
+
 
 def encode_cursor(last_id: uuid.UUID) -> str:
     return base64.urlsafe_b64encode(last_id.bytes).rstrip(b"=").decode()

@@ -1,21 +1,26 @@
-"""The gateway's hub: ONE Redis pub/sub connection per process, fanned out to every waiting client.
+"""The gateway's hub: ONE Redis pub/sub connection per process, fanned out to every waiting stream.
 
-Built on Litestar's channels plugin (subscribe/unsubscribe bookkeeping, per-subscriber queues) with
-two additions the stock Redis backend lacks, because Redis here is only a fast path:
+A stream follows a channel through a subscription:
 
-* `ResilientPubSubBackend` survives Redis going away. The stock backend's event loop ends on the
-  first connection error and never comes back; this one reconnects with backoff, re-subscribes,
-  and then tells every subscriber to `RESYNC` (catch up from Postgres), since messages published
-  while it was away are gone. It also sends `RESYNC` the moment Redis is lost, so streams waiting
-  for a live event start reading Postgres at once instead of after their keep-alive timeout.
-  `healthy` says whether live events are flowing, so streams know when to read Postgres every
-  couple of seconds instead.
-* `StreamSubscriber` has a bounded buffer and remembers when it overflowed, so a slow client is
-  closed with a reconnect hint (and catches up from Postgres) instead of holding others up or
-  growing without bound.
-* `HubChannelsPlugin` hands messages out a chunk of subscribers at a time and takes in what Redis
-  delivered meanwhile, so a request's DONE does not wait behind the writing of its PROCESSING to
-  thousands of followers.
+    async with hub.subscribe(request_channel(request_id)) as subscription:
+        message = await subscription.next(timeout)  # bytes, RESYNC, or None after `timeout`
+
+Redis here is only a fast path, so the hub:
+
+* survives Redis going away: its reader reconnects with backoff, subscribes again, and then tells
+  every subscription RESYNC (catch up from Postgres), since what was published meanwhile is gone.
+  It sends RESYNC the moment Redis is lost too, so streams waiting for a live event read Postgres at
+  once instead of after their keep-alive. `healthy` says whether live events are flowing, so
+  streams know when to read Postgres every couple of seconds instead. A reader that fails for any
+  other reason (a bug) is restarted, degraded meanwhile, so the gateway is never left without live
+  events.
+* bounds each subscription's buffer and remembers when it overflowed, so a slow client is closed
+  with a reconnect hint (and catches up from Postgres) instead of holding others up or growing
+  without bound.
+* hands messages out a chunk of subscriptions at a time (gateway/hand_out.py), so a request's DONE
+  does not wait behind the writing of its PROCESSING to thousands of followers.
+* lets a stream that joins a channel while its first stream is still subscribing on Redis wait for
+  that, so no stream reads Postgres before Redis would hand it what is published next.
 """
 
 from __future__ import annotations
@@ -24,180 +29,91 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Iterable
+from collections.abc import AsyncIterator
+from types import TracebackType
 
-from litestar.channels import ChannelsPlugin
-from litestar.channels.backends.base import ChannelsBackend
-from litestar.channels.subscriber import Subscriber
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
+from gateway.hand_out import HAND_OUT_CHUNK, HandOut
+from gateway.subscription import RESYNC, SUBSCRIBER_BUFFER, Message, Resync, Subscription
+
+__all__ = ["HAND_OUT_CHUNK", "RESYNC", "SUBSCRIBER_BUFFER", "Hub", "Message", "Resync", "Subscription"]
+
 log = logging.getLogger(__name__)
 
-RESYNC = b"\x00resync"  # not JSON, so it can never be mistaken for a published event
 HUB_CHANNEL = "ackflow:hub"  # always subscribed, so the connection exists before any client waits
 MAX_RECONNECT_SECONDS = 5.0
-SUBSCRIBER_BUFFER = 64
-HAND_OUT_CHUNK = 500  # subscribers handed a message before their streams get to write it
-HAND_OUT_MESSAGES = 64  # messages one hand-out takes in at most; later ones wait for the next
+SUBSCRIBE_WAIT_SECONDS = 5.0  # a later subscriber waits this long at most for the first one's SUBSCRIBE
 
 
-class ResilientPubSubBackend(ChannelsBackend):
-    """Redis pub/sub for the channels plugin that reconnects, and says when it is degraded."""
+class Hub(contextlib.AbstractAsyncContextManager["Hub"]):
+    """Redis pub/sub for every stream of this process. Its reader and hand-out run inside `async with hub:`
+    (the app enters it as one of its lifespans)."""
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
-        self._channels: set[str] = set()
+        self._subscriptions: dict[str, set[Subscription]] = {}
+        self._subscribing: dict[str, asyncio.Event] = {}  # set once Redis has the channel's SUBSCRIBE
         self._pubsub: PubSub | None = None
         self._healthy = False
         self._ever_connected = False
-        self._wake_streams = False
+        self._arrived: collections.deque[tuple[str, Message]] = collections.deque()
+        self._arrival = asyncio.Event()
+        # An Event rather than one Future shielded per waiter: cheaper with 10,000 waiters, and a
+        # waiter that is cancelled (its client went away) cancels only its own wait.
+        self._handing_out: asyncio.Event | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     @property
     def healthy(self) -> bool:
         """True while live events are flowing from Redis."""
         return self._healthy
 
-    async def on_startup(self) -> None:
-        pass
+    async def __aenter__(self) -> Hub:
+        self._tasks = [
+            asyncio.create_task(self._read_forever(), name="hub-read"),
+            asyncio.create_task(self._hand_out_forever(), name="hub-hand-out"),
+        ]
+        return self
 
-    async def on_shutdown(self) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        self._healthy = False
         await self._drop_connection()
 
-    async def publish(self, data: bytes, channels: Iterable[str]) -> None:
-        for channel in channels:
-            await self._redis.publish(channel, data)
-
-    async def subscribe(self, channels: Iterable[str]) -> None:
-        new = set(channels) - self._channels
-        self._channels |= new
-        if new and self._pubsub is not None and self._healthy:
-            try:
-                await self._pubsub.subscribe(*new)
-            except (RedisError, OSError) as exc:
-                self._mark_degraded(exc)
-
-    async def unsubscribe(self, channels: Iterable[str]) -> None:
-        gone = set(channels) & self._channels
-        self._channels -= gone
-        if gone and self._pubsub is not None and self._healthy:
-            try:
-                await self._pubsub.unsubscribe(*gone)
-            except (RedisError, OSError) as exc:
-                self._mark_degraded(exc)
-
-    async def stream_events(self) -> AsyncGenerator[tuple[str, bytes], None]:
-        """Yield (channel, message) forever, reconnecting with backoff whenever Redis fails."""
-        backoff = 0.1
-        while True:
-            if self._wake_streams:  # Redis was lost or is back: every stream must look at Postgres
-                self._wake_streams = False
-                for channel in list(self._channels):
-                    yield channel, RESYNC
-            try:
-                if self._pubsub is not None and not self._healthy:
-                    await self._drop_connection()  # a subscribe call found it broken
-                if self._pubsub is None:
-                    await self._connect()
-                    backoff = 0.1
-                message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)  # type: ignore[union-attr]
-                if message is not None and message.get("type") == "message":
-                    channel = message["channel"]
-                    yield channel.decode() if isinstance(channel, bytes) else str(channel), message["data"]
-            except (RedisError, OSError) as exc:
-                self._mark_degraded(exc)
-                await self._drop_connection()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_RECONNECT_SECONDS)
-
-    async def get_history(self, channel: str, limit: int | None = None) -> list[bytes]:
-        return []  # history lives in Postgres (request_events), not in Redis
-
-    async def _connect(self) -> None:
-        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+    @contextlib.asynccontextmanager
+    async def subscribe(self, channel: str) -> AsyncIterator[Subscription]:
+        """A subscription to `channel` for the duration of the block."""
+        subscription = Subscription(channel)
+        subscriptions = self._subscriptions.setdefault(channel, set())
+        first = not subscriptions
+        subscriptions.add(subscription)
         try:
-            await pubsub.subscribe(HUB_CHANNEL, *self._channels)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
-            raise
-        self._pubsub = pubsub
-        if self._ever_connected:
-            log.info("Redis pub/sub is back; live events flow again")
-            self._wake_streams = True  # what was published while we were away is gone
-        self._ever_connected = True
-        self._healthy = True
-
-    def _mark_degraded(self, exc: BaseException) -> None:
-        if self._healthy:
-            log.warning("Redis pub/sub lost (%s); streams fall back to Postgres until it is back", exc)
-            self._wake_streams = True  # so waiting streams start polling Postgres now
-        self._healthy = False
-
-    async def _drop_connection(self) -> None:
-        pubsub, self._pubsub = self._pubsub, None
-        if pubsub is not None:
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
-
-
-class StreamSubscriber(Subscriber):
-    """A bounded subscriber that records overflow instead of blocking the hub."""
-
-    overflowed = False
-
-    def put_nowait(self, item: bytes | None) -> bool:
-        accepted = super().put_nowait(item)
-        if not accepted:
-            self.overflowed = True
-        return accepted
-
-    async def put(self, item: bytes | None) -> None:
-        # The plugin puts None to stop a subscriber; on a full buffer that must not wait for a reader
-        # that may be gone, so make room for it.
-        if item is None and not super().put_nowait(None):
-            with contextlib.suppress(asyncio.QueueEmpty):
-                self._queue.get_nowait()
-            super().put_nowait(None)
-            return
-        if item is not None:
-            await super().put(item)
-
-    async def next_message(self, timeout: float) -> bytes | None:
-        """The next message, or None after `timeout` seconds (or when unsubscribed)."""
-        try:
-            async with asyncio.timeout(timeout):  # not wait_for: on 3.11 that is a new Task per message
-                item = await self._queue.get()
-        except TimeoutError:
-            return None
-        self._queue.task_done()
-        return bytes(item) if item is not None else None
-
-
-class HubChannelsPlugin(ChannelsPlugin):
-    """The channels plugin, handing each message out a chunk of subscribers at a time.
-
-    The stock plugin puts a message into every subscriber's queue at once and reads the next one only
-    after all their streams have run. A request's PROCESSING and DONE come a few milliseconds apart;
-    with 10,000 followers, writing PROCESSING to all of them took about half a second, and DONE
-    waited behind it. Here a reader task takes messages off Redis as they come, and the hand-out
-    lets each chunk's streams write before it goes on. Between chunks it takes in what arrived:
-    subscribers not yet reached get the new messages queued behind the earlier ones (so their
-    stream writes both at once), and those already reached get them in a later chunk. Each
-    subscriber still gets its channels' messages in the order Redis delivered them.
-
-    It replaces the plugin's `_sub_worker` (Litestar 2's loop that feeds subscribers), which is not
-    public API: tests/integration/test_hub.py checks the hand-out, so a Litestar upgrade that drops
-    the hook shows there.
-    """
-
-    # An Event rather than one Future shielded per waiter: cheaper with 10,000 waiters, and a
-    # waiter that is cancelled (its client went away) cancels only its own wait.
-    _handing_out: asyncio.Event | None = None
+            if first:
+                await self._subscribe_first(channel)
+            elif (subscribing := self._subscribing.get(channel)) is not None:
+                # Not before Redis has the channel: a stream reads Postgres once subscribed, and a
+                # terminal event published in between would be lost to it. A lost Redis sets it (RESYNC).
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(SUBSCRIBE_WAIT_SECONDS):
+                        await subscribing.wait()
+            yield subscription
+        finally:
+            subscriptions.discard(subscription)
+            if not subscriptions and self._subscriptions.get(channel) is subscriptions:
+                del self._subscriptions[channel]
+                # Shielded: a second cancellation must not leave Redis subscribed for nobody.
+                await asyncio.shield(self._tell_redis(unsubscribe=channel))
 
     async def handed_out(self) -> None:
-        """Return once the hand-out under way (if any) has reached every subscriber.
+        """Return once the hand-out under way (if any) has reached every subscription.
 
         A stream that has written its last event waits for this before it ends: ending one
         (unsubscribing, closing the response) costs more than writing an event, and the
@@ -206,75 +122,126 @@ class HubChannelsPlugin(ChannelsPlugin):
         if self._handing_out is not None:
             await self._handing_out.wait()
 
-    async def _sub_worker(self) -> None:
-        arrived: collections.deque[tuple[str, bytes]] = collections.deque()
-        wake = asyncio.Event()
-        reader = asyncio.create_task(self._read(arrived, wake), name="hub-read")
+    async def _subscribe_first(self, channel: str) -> None:
+        subscribing = self._subscribing[channel] = asyncio.Event()
         try:
-            while True:
-                await wake.wait()
-                wake.clear()
-                while arrived:
-                    self._handing_out = asyncio.Event()
-                    try:
-                        await self._hand_out(arrived)
-                    finally:
-                        self._handing_out.set()
-                        self._handing_out = None
+            await self._tell_redis(subscribe=channel)
         finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+            subscribing.set()
+            if self._subscribing.get(channel) is subscribing:
+                del self._subscribing[channel]
 
-    async def _read(self, arrived: collections.deque[tuple[str, bytes]], wake: asyncio.Event) -> None:
-        while True:  # the backend handles Redis errors itself; anything else must not end live events
+    async def _tell_redis(self, *, subscribe: str | None = None, unsubscribe: str | None = None) -> None:
+        """(Un)subscribe on Redis now if connected; else `_connect` subscribes to what is wanted then."""
+        if self._pubsub is None or not self._healthy:
+            return
+        try:
+            if subscribe is not None:
+                await self._pubsub.subscribe(subscribe)
+            if unsubscribe is not None:
+                await self._pubsub.unsubscribe(unsubscribe)
+        except (RedisError, OSError) as exc:
+            self._mark_degraded(exc)
+
+    async def _read_forever(self) -> None:
+        while True:  # `_read` handles Redis errors itself; anything else must not end live events
             try:
-                async for message in self._backend.stream_events():
-                    arrived.append(message)
-                    wake.set()
-            except Exception:
+                await self._read()
+            except Exception as exc:
                 log.exception("the hub's reader failed; restarting it")
+                self._mark_degraded(exc)  # streams read Postgres until it is back, then catch up once
+                await self._drop_connection()
                 await asyncio.sleep(MAX_RECONNECT_SECONDS)
 
-    async def _hand_out(self, arrived: collections.deque[tuple[str, bytes]]) -> None:
-        """Give every subscriber of the arrived messages' channels its messages, in order."""
-        messages: list[tuple[str, bytes]] = []
-        given: dict[Subscriber, int] = {}  # how far into `messages` each subscriber has been served
-        due: collections.deque[Subscriber] = collections.deque()
-        queued: set[Subscriber] = set()
+    async def _read(self) -> None:
+        """Take messages off Redis as they come, reconnecting with backoff whenever Redis fails."""
+        backoff = 0.1
+        while True:
+            try:
+                if self._pubsub is not None and not self._healthy:
+                    await self._drop_connection()  # a subscribe call found it broken
+                if self._pubsub is None:
+                    self._pubsub = await self._connect()
+                    backoff = 0.1
+                message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if message is not None and message.get("type") == "message":
+                    channel = message["channel"]
+                    name = channel.decode() if isinstance(channel, bytes) else str(channel)
+                    self._arrive([(name, message["data"])])
+            except (RedisError, OSError) as exc:
+                self._mark_degraded(exc)
+                await self._drop_connection()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_RECONNECT_SECONDS)
 
-        def take_in() -> None:
-            start = len(messages)
-            while arrived and len(messages) < HAND_OUT_MESSAGES:
-                messages.append(arrived.popleft())
-            for channel in dict.fromkeys(channel for channel, _ in messages[start:]):
-                for subscriber in self._channels.get(channel, ()):
-                    if subscriber not in queued:
-                        queued.add(subscriber)
-                        due.append(subscriber)
+    async def _connect(self) -> PubSub:
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            subscribed: set[str] = set()
+            # Until what Redis has is what is wanted: streams come and go while we (un)subscribe, and
+            # theirs skip Redis while it is not connected.
+            while (wanted := {HUB_CHANNEL, *self._subscriptions}) != subscribed:
+                if came := wanted - subscribed:
+                    await pubsub.subscribe(*came)
+                if gone := subscribed - wanted:
+                    await pubsub.unsubscribe(*gone)
+                subscribed = wanted
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+            raise
+        self._healthy = True
+        if self._ever_connected:
+            log.info("Redis pub/sub is back; live events flow again")
+            self._resync_all()  # what was published while we were away is gone
+        self._ever_connected = True
+        return pubsub
 
-        take_in()
-        while due:
-            for _ in range(min(HAND_OUT_CHUNK, len(due))):
-                subscriber = due.popleft()
-                queued.discard(subscriber)
-                for channel, payload in messages[given.get(subscriber, 0) :]:
-                    if subscriber in self._channels.get(channel, ()):  # still subscribed
-                        subscriber.put_nowait(payload)
-                given[subscriber] = len(messages)
-            await asyncio.sleep(0)  # let this chunk's streams write; the reader takes in what came
-            take_in()
+    def _mark_degraded(self, exc: BaseException) -> None:
+        if self._healthy:
+            # Redis lost, or a bug in the reader or hand-out (each logged its traceback before calling here).
+            log.warning("live events degraded (%s); streams fall back to Postgres until the hub reconnects", exc)
+            self._healthy = False
+            self._resync_all()  # so waiting streams start reading Postgres now
+        for subscribing in self._subscribing.values():
+            subscribing.set()  # no later subscriber waits for a SUBSCRIBE that may never come; RESYNC covers it
 
+    async def _drop_connection(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
 
-def create_channels(redis: Redis) -> tuple[HubChannelsPlugin, ResilientPubSubBackend]:
-    """The channels plugin wired to a resilient backend; both are needed (the backend says `healthy`)."""
-    backend = ResilientPubSubBackend(redis)
-    plugin = HubChannelsPlugin(
-        backend=backend,
-        arbitrary_channels_allowed=True,
-        create_ws_route_handlers=False,
-        subscriber_max_backlog=SUBSCRIBER_BUFFER,
-        subscriber_backlog_strategy="backoff",
-        subscriber_class=StreamSubscriber,
-    )
-    return plugin, backend
+    def _arrive(self, messages: list[tuple[str, Message]]) -> None:
+        self._arrived.extend(messages)
+        self._arrival.set()
+
+    def _resync_all(self) -> None:
+        self._arrive([(channel, RESYNC) for channel in self._subscriptions])
+
+    async def _hand_out_forever(self) -> None:
+        while True:  # like the reader: a bug in the hand-out must not end live events
+            try:
+                await self._hand_out()
+            except Exception as exc:
+                log.exception("the hub's hand-out failed; restarting it")
+                self._mark_degraded(exc)  # the reader reconnects, and RESYNCs all again once it is back
+                self._arrived.clear()  # lost, like what the failed hand-out had not given out yet
+                self._resync_all()  # so every stream reads Postgres now
+
+    async def _hand_out(self) -> None:
+        while True:
+            await self._arrival.wait()
+            self._arrival.clear()
+            while self._arrived:
+                self._handing_out = asyncio.Event()
+                try:
+                    hand_out = HandOut(self._subscriptions)
+                    hand_out.take_in(self._arrived)
+                    while hand_out.due:
+                        hand_out.give_chunk()
+                        await asyncio.sleep(0)  # let this chunk's streams write; the reader takes in what came
+                        hand_out.take_in(self._arrived)
+                finally:
+                    self._handing_out.set()
+                    self._handing_out = None

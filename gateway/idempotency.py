@@ -83,7 +83,7 @@ async def claim_key(
 ) -> AsyncIterator[Claim]:
     """Hold the key for this request for the length of one transaction."""
     async with pool.acquire() as connection, connection.transaction():
-        if not await connection.fetchval("SELECT pg_try_advisory_xact_lock($1)", _lock_id(tenant_id, key.key)):
+        if not await connection.fetchval(sql("lock_idempotency_key"), _lock_id(tenant_id, key.key)):
             raise Conflict(f"a request with this {HEADER} is still being processed; retry in a moment")
         stored = await connection.fetchrow(sql("idempotent_response"), tenant_id, key.key)
         claim = Claim(connection, tenant_id, key, ttl_seconds)

@@ -17,11 +17,11 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, SerializationException, ValidationException
 from redis.exceptions import RedisError
 
+from ackflow.contracts import PROBLEM_MEDIA_TYPE
 from ackflow.errors import DomainError, ServiceUnavailable, TooManyRequests
 
 log = logging.getLogger(__name__)
 
-PROBLEM_MEDIA_TYPE = "application/problem+json"
 TYPE_PREFIX = "urn:ackflow:problem:"
 BODY_PARAMETER = "data"  # Litestar's name for the decoded body; clients know it as the body or its fields
 _NAMED_FIELD = re.compile(r"field `([^`]+)`")  # msgspec: "Object missing required field `kind`"
@@ -153,6 +153,7 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     ServiceUnavailable: unavailable_handler,
     asyncpg.PostgresConnectionError: unavailable_handler,
     asyncpg.InterfaceError: unavailable_handler,
+    asyncpg.exceptions.InternalClientError: unavailable_handler,
     asyncpg.exceptions.CannotConnectNowError: unavailable_handler,
     asyncpg.exceptions.TooManyConnectionsError: unavailable_handler,
     TimeoutError: unavailable_handler,

@@ -12,26 +12,24 @@ from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
-from ackflow.contracts import ALL_STATUSES, CANCELLED, INIT, TERMINAL_STATUSES
+from ackflow.contracts import ALL_STATUSES, CANCELLED, INIT, MAX_WAIT_SECONDS, TERMINAL_STATUSES
 from ackflow.db.accept import accept_request
 from ackflow.db.queries import sql
 from ackflow.db.transitions import transition
-from ackflow.errors import Conflict, InvalidInput, NotFound, UnknownKind
+from ackflow.errors import Conflict, InvalidInput, NotFound, Unauthorized, UnknownKind
 from ackflow.handlers import KIND_PATTERN
 from ackflow.ids import new_request_id
 from ackflow.netguard import check_target
 from ackflow.settings import Settings
-from gateway.auth import current_tenant, require_api_key
+from gateway.auth import current_key, current_tenant, require_api_key
 from gateway.bodies import require_json_body
 from gateway.capabilities import CapabilityTokens
-from gateway.cursors import decode_cursor, encode_cursor
+from gateway.cursors import MAX_PAGE_SIZE, decode_cursor, encode_cursor
 from gateway.idempotency import claim_key, parse_key
 from gateway.schemas import AcceptedRequest, CreateRequest, Links, RequestPage, RequestState
 from gateway.services import GatewayServices
 
-MAX_PAGE_SIZE = 200
-MAX_WAIT_SECONDS = 60
-_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
+_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+(?:\.\d+)?)", re.IGNORECASE | re.ASCII)
 
 
 class RequestsController(Controller):
@@ -63,14 +61,14 @@ class RequestsController(Controller):
         if key is None:
             row = await _insert_request(services.pool, tenant_id, data)
             services.outbox_waker.wake()
-            return _accepted(_accepted_body(row, tenant_id, services.capability_tokens), settings)
+            return _accepted(_accepted_body(row, request, services.capability_tokens), settings)
         async with claim_key(services.pool, tenant_id, key, ttl_seconds=settings.idempotency_ttl_seconds) as claim:
             if claim.replay is not None:
                 response = _accepted(claim.replay.body, settings)
                 response.headers["Idempotent-Replayed"] = "true"
                 return response
             row = await _insert_request(claim.connection, tenant_id, data)
-            body = _accepted_body(row, tenant_id, services.capability_tokens)
+            body = _accepted_body(row, request, services.capability_tokens)
             await claim.remember(row["id"], 202, body)
         services.outbox_waker.wake()
         return _accepted(body, settings)
@@ -92,7 +90,7 @@ class RequestsController(Controller):
             headers["Preference-Applied"] = f"wait={preferred:g}"
         state = await _load(services.pool, request_id, tenant_id)
         if wait and state.status not in TERMINAL_STATUSES:
-            await services.streams.wait_until_terminal(tenant_id, request_id, wait)
+            await _wait_until_terminal(services, request, request_id, wait)
             state = await _load(services.pool, request_id, tenant_id)
         if state.status not in TERMINAL_STATUSES:
             headers["Retry-After"] = str(services.settings.retry_after_seconds)
@@ -143,7 +141,22 @@ class RequestsController(Controller):
         return await _load(services.pool, request_id, tenant_id)
 
 
-def _accepted_body(row: asyncpg.Record, tenant_id: uuid.UUID, tokens: CapabilityTokens) -> dict[str, Any]:
+async def _wait_until_terminal(
+    services: GatewayServices, request: Request[Any, Any, Any], request_id: uuid.UUID, wait: float
+) -> None:
+    """The long poll's wait, cut short (401) if the caller's key is revoked meanwhile."""
+    assert services.streams.open_streams is not None
+    lease = services.streams.open_streams.watch_key(current_tenant(request), current_key(request))
+    try:
+        await services.streams.wait_until_terminal(lease.tenant_id, request_id, wait, lease)
+    finally:
+        lease.release()
+    if lease.revoked:
+        raise Unauthorized("the API key was revoked")
+
+
+def _accepted_body(row: asyncpg.Record, request: Request[Any, Any, Any], tokens: CapabilityTokens) -> dict[str, Any]:
+    token = tokens.issue(row["id"], current_tenant(request), current_key(request))
     location = f"/v1/requests/{row['id']}"
     body = AcceptedRequest(
         id=row["id"],
@@ -151,7 +164,7 @@ def _accepted_body(row: asyncpg.Record, tenant_id: uuid.UUID, tokens: Capability
         status=row["status"],
         version=row["version"],
         created_at=row["created_at"],
-        links=Links(self=location, events=f"{location}/events?token={tokens.issue(row['id'], tenant_id)}"),
+        links=Links(self=location, events=f"{location}/events?token={token}"),
     )
     built: dict[str, Any] = msgspec.to_builtins(body)
     return built

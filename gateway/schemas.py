@@ -8,12 +8,12 @@ from typing import Annotated, Any
 
 import msgspec
 
+from ackflow.contracts import EVENT_TYPE_DESCRIPTION, EVENT_TYPE_PATTERN
 from ackflow.handlers import KIND_PATTERN
+from ackflow.inputs import STORABLE_TEXT
 
 Kind = Annotated[str, msgspec.Meta(pattern=KIND_PATTERN.pattern, description="A registered handler kind")]
-
-
-CallbackEvent = Annotated[str, msgspec.Meta(pattern=r"^request\.(\*|processing|done|failed|cancelled)$")]
+EventType = Annotated[str, msgspec.Meta(pattern=EVENT_TYPE_PATTERN, description=EVENT_TYPE_DESCRIPTION)]
 
 
 class CreateRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -22,8 +22,8 @@ class CreateRequest(msgspec.Struct, forbid_unknown_fields=True):
 
     kind: Kind
     payload: dict[str, Any] = msgspec.field(default_factory=dict)
-    callback_url: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)] | None = None
-    callback_events: Annotated[list[CallbackEvent], msgspec.Meta(min_length=1, max_length=10)] | None = None
+    callback_url: Annotated[str, msgspec.Meta(min_length=1, max_length=2048, pattern=STORABLE_TEXT)] | None = None
+    callback_events: Annotated[list[EventType], msgspec.Meta(min_length=1, max_length=10)] | None = None
 
 
 class Links(msgspec.Struct):
@@ -55,6 +55,7 @@ class RequestState(msgspec.Struct):
     created_at: datetime
     updated_at: datetime
     completed_at: datetime | None
+    workflow_id: str | None = None  # the Temporal workflow it runs in (a batch's), once admitted
 
 
 class RequestPage(msgspec.Struct):

@@ -16,7 +16,6 @@ from redis.asyncio import Redis
 from ackflow.db.waker import OutboxWaker
 from ackflow.settings import Settings
 from gateway.capabilities import CapabilityTokens
-from gateway.hub import ResilientPubSubBackend
 from gateway.rate_limit import AcceptRateLimiter
 from gateway.streams import Streams
 
@@ -28,7 +27,6 @@ class GatewayServices:
     settings: Settings
     pool: asyncpg.Pool
     redis: Redis
-    hub: ResilientPubSubBackend
     streams: Streams
     capability_tokens: CapabilityTokens
     rate_limiter: AcceptRateLimiter

@@ -1,11 +1,12 @@
 """Following requests live: replay from Postgres, then Redis events, in order, without duplicates.
 
 Every stream (SSE, WebSocket, long poll) starts the same way: subscribe to the live channel first,
-then read what Postgres already has, so nothing committed in between can be missed. After that,
-a live event whose version is the next one is passed on directly; a duplicate (version already
-seen) is dropped; a gap (a version skipped: a message lost or reordered) is filled from Postgres.
-While the hub is degraded (Redis down) streams read Postgres every `poll_seconds`; when it comes
-back the hub sends RESYNC and every stream catches up once. Redis is never the record.
+then read what Postgres already has (gateway/replay.py, page by page), so nothing committed in
+between can be missed. After that, a live event whose version is the next one is passed on
+directly; a duplicate (version already seen) is dropped; a gap (a version skipped: a message lost
+or reordered) is filled from Postgres (gateway/versions.py decides which). While the hub is degraded
+(Redis down) streams read Postgres every `poll_seconds`; when it comes back the hub sends RESYNC and
+every stream catches up once. Redis is never the record.
 
 One event may go to thousands of streams, so what is the same for all of them is done once: a
 live message is decoded once (every subscriber gets the same bytes), an event is encoded for SSE
@@ -15,68 +16,26 @@ for the same thing at the same moment.
 
 from __future__ import annotations
 
-import asyncio
-import collections
+import contextlib
 import functools
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Protocol
 
 import asyncpg
-import msgspec
 
 from ackflow.contracts import TERMINAL_STATUSES
 from ackflow.db.queries import sql
-from ackflow.errors import TooManyRequests
 from ackflow.live import decode_live_event, request_channel, tenant_channel
-from ackflow.sse import event_frame
-from gateway.hub import RESYNC, HubChannelsPlugin, ResilientPubSubBackend, StreamSubscriber
+from gateway.hub import RESYNC, Hub, Message, Resync, Subscription
+from gateway.open_streams import OpenStreams, StreamLease
+from gateway.replay import REPLAY_PAGE_BYTES, REPLAY_PAGE_ROWS, Replay
+from gateway.stream_items import FLUSH, KEEPALIVE, OVERFLOW, REVOKED, Flush, LiveItem, StreamEvent, StreamItem
+from gateway.versions import RequestCursor, TenantCursor, Verdict
 
-TENANT_REPLAY_LIMIT = 1000
-TRACKED_REQUESTS = 10_000
-T = TypeVar("T")
 DECODED_MESSAGES = 128  # live messages kept decoded while their fan-out runs (bounds memory, not correctness)
-
-
-@dataclass(frozen=True)
-class StreamEvent:
-    """One status event as clients see it: `id` is the request_events id (the SSE id)."""
-
-    id: int
-    topic: str
-    status: str
-    version: int
-    request_id: str
-    data: dict[str, Any]
-
-    @property
-    def terminal(self) -> bool:
-        return self.status in TERMINAL_STATUSES
-
-    @functools.cached_property
-    def sse(self) -> bytes:
-        """The event as an SSE frame, encoded once however many clients it is written to."""
-        return event_frame(str(self.id), self.topic, msgspec.json.encode(self.data).decode())
-
-
-class KeepAlive:
-    """Nothing happened for a while; say so, so proxies keep the connection open."""
-
-
-class Overflow:
-    """The client read too slowly and its buffer filled: close, and let it reconnect and catch up."""
-
-
-class Flush:
-    """Nothing more is queued for this stream: write what has been gathered (one write for a burst)."""
-
-
-KEEPALIVE = KeepAlive()
-OVERFLOW = Overflow()
-FLUSH = Flush()
-StreamItem = StreamEvent | KeepAlive | Overflow | Flush
 
 
 @dataclass(frozen=True)
@@ -91,219 +50,249 @@ class StreamPosition:
         return self.status in TERMINAL_STATUSES and self.seen_version >= self.version
 
 
-class SharedReads(Generic[T]):
-    """One read for every caller that asks for the same thing before it is sent.
-
-    When an event reaches thousands of followers of one request with a gap before it, or Redis
-    comes back, they all need the same rows at once; one query answers them all. Only callers
-    that asked before the query went out share it, so each still sees all that was committed
-    before it asked (a later caller sends a new one).
-    """
-
-    def __init__(self) -> None:
-        self._waiting: dict[Hashable, asyncio.Task[T]] = {}
-
-    async def share(self, key: Hashable, read: Callable[[], Awaitable[T]]) -> T:
-        """What `read` returns, from a read already waiting to go out under `key` if there is one."""
-        task = self._waiting.get(key)
-        if task is None:
-            task = asyncio.create_task(self._send(key, read))
-            self._waiting[key] = task
-        return await asyncio.shield(task)  # one caller going away does not cancel it for the others
-
-    async def _send(self, key: Hashable, read: Callable[[], Awaitable[T]]) -> T:
-        # A task first runs after the callbacks already scheduled: every stream woken by the same
-        # message has joined by now.
-        del self._waiting[key]
-        return await read()
-
-
 class Streams:
-    """What every stream needs: Postgres, the channels plugin and its backend's health, the timings."""
+    """What every stream needs: Postgres, the hub (and its health), the timings."""
 
     def __init__(
         self,
         pool: asyncpg.Pool,
-        channels: HubChannelsPlugin,
-        backend: ResilientPubSubBackend,
+        hub: Hub,
         *,
         keepalive_seconds: float,
         poll_seconds: float,
-        max_per_tenant: int = 5000,
+        open_streams: OpenStreams | None = None,
+        page_rows: int = REPLAY_PAGE_ROWS,
+        page_bytes: int = REPLAY_PAGE_BYTES,
     ) -> None:
         self.pool = pool
-        self.max_per_tenant = max_per_tenant
-        self._open: collections.Counter[uuid.UUID] = collections.Counter()
-        self.channels = channels
-        self.backend = backend
+        self.replay = Replay(pool, page_rows=page_rows, page_bytes=page_bytes)
+        self.hub = hub
         self.keepalive_seconds = keepalive_seconds
         self.poll_seconds = poll_seconds
-        self._reads: SharedReads[list[StreamEvent]] = SharedReads()
+        self.open_streams = open_streams
 
-    def open_stream(self, tenant_id: uuid.UUID) -> Callable[[], None]:
-        """Count a stream against the tenant's limit on this gateway; call what it returns when it ends."""
-        if self._open[tenant_id] >= self.max_per_tenant:
-            raise TooManyRequests(
-                f"this tenant already has {self.max_per_tenant} open streams on this gateway; close some first",
-                retry_after=5,
-            )
-        self._open[tenant_id] += 1
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                self._open[tenant_id] -= 1
-                if self._open[tenant_id] <= 0:
-                    del self._open[tenant_id]
-
-        return release
+    async def open_stream(self, tenant_id: uuid.UUID, key_id: uuid.UUID) -> StreamLease:
+        """Count a stream against the tenant's limit (all gateways); `release()` the lease when it ends."""
+        assert self.open_streams is not None, "a gateway's Streams has open_streams"
+        return await self.open_streams.open(tenant_id, key_id)
 
     async def position(self, tenant_id: uuid.UUID, request_id: uuid.UUID, last_event_id: int) -> StreamPosition | None:
         row = await self.pool.fetchrow(sql("request_stream_position"), request_id, tenant_id, last_event_id)
         return None if row is None else StreamPosition(row["status"], row["version"], row["seen_version"])
 
-    async def follow_request(
-        self, tenant_id: uuid.UUID, request_id: uuid.UUID, seen_version: int
+    def follow_request(
+        self, tenant_id: uuid.UUID, request_id: uuid.UUID, seen_version: int, lease: StreamLease
     ) -> AsyncIterator[StreamItem]:
-        """Every event of the request after `seen_version`, in order, ending after the terminal one."""
-        rid = str(request_id)
-        async with self.channels.start_subscription(request_channel(rid)) as subscriber:
-            assert isinstance(subscriber, StreamSubscriber)
-            last = seen_version
-            for event in await self._request_events(tenant_id, request_id, last):
-                yield event
-                last = event.version
-                if event.terminal:
+        """Every event of the request after `seen_version`, in order, ending after the terminal one
+        (or when the lease's key is revoked)."""
+        follower = _RequestFollower(self.replay, tenant_id, request_id, seen_version)
+        return self._follow(request_channel(str(request_id)), lease, follower)
+
+    def follow_tenant(
+        self,
+        tenant_id: uuid.UUID,
+        last_event_id: int | None,
+        kind: str | None,
+        status: str | None,
+        lease: StreamLease,
+    ) -> AsyncIterator[StreamItem]:
+        """The tenant's events, optionally filtered by kind and status; replays after `last_event_id`.
+        Ends when the lease's key is revoked."""
+        follower = _TenantFollower(self.replay, tenant_id, last_event_id, kind, status)
+        return self._follow(tenant_channel(str(tenant_id)), lease, follower)
+
+    async def _follow(self, channel: str, lease: StreamLease, follower: _Follower) -> AsyncIterator[StreamItem]:
+        """The stream of `channel`: the signals of `_live`, and what `follower` sends for each live event
+        or RESYNC, until it has sent its last event (or OVERFLOW or REVOKED ends `_live`)."""
+        async with self.hub.subscribe(channel) as subscription:
+            lease.watch(subscription)
+            await follower.start()
+            live = False  # the first item is the RESYNC of the first read from Postgres
+            async for item in self._live(subscription, lease):
+                if not isinstance(item, StreamEvent | Resync):
+                    yield item  # `_live` ends right after OVERFLOW or REVOKED, and so does the stream
+                    continue
+                sends = follower.take(item)
+                if isinstance(sends, StreamEvent):
+                    yield sends
+                elif sends is not None:
+                    async for each in sends:
+                        yield each
+                if follower.finished:
+                    yield FLUSH  # write it now
+                    if live:  # then end only once every follower woken by the same message has it
+                        await self.hub.handed_out()
                     return
-            async for item in self._live(subscriber):
-                if not isinstance(item, StreamEvent | bytes):
-                    yield item
-                    if item is OVERFLOW:
-                        return
-                    continue
-                live = item if isinstance(item, StreamEvent) else None
-                if live is not None and (live.request_id != rid or live.version <= last):
-                    continue  # another request's message, or one already sent
-                if live is not None and live.version == last + 1:
-                    fresh = [live]
-                else:  # a gap, a resync, or Redis degraded: Postgres has the truth
-                    fresh = await self._request_events(tenant_id, request_id, last)
-                for event in fresh:
-                    yield event
-                    last = event.version
-                    if event.terminal:
-                        yield FLUSH  # write it now; then end only once every follower has it
-                        await self.channels.handed_out()
-                        return
+                live = True
 
-    async def follow_tenant(
-        self, tenant_id: uuid.UUID, last_event_id: int | None, kind: str | None, status: str | None
-    ) -> AsyncIterator[StreamItem]:
-        """The tenant's events, optionally filtered by kind and status; replays after `last_event_id`."""
-        tid = str(tenant_id)
-        async with self.channels.start_subscription(tenant_channel(tid)) as subscriber:
-            assert isinstance(subscriber, StreamSubscriber)
-            if last_event_id is None:
-                last_event_id = await self.pool.fetchval(sql("latest_tenant_event_id"), tenant_id)
-            seen: collections.OrderedDict[str, int] = collections.OrderedDict()
-            high_water = last_event_id
-            for event in await self._tenant_events(tenant_id, high_water, kind, status):
-                high_water = max(high_water, event.id)
-                _remember(seen, event)
-                yield event
-            async for item in self._live(subscriber):
-                if not isinstance(item, StreamEvent | bytes):
-                    yield item
-                    if item is OVERFLOW:
-                        return
-                    continue
-                if isinstance(item, StreamEvent):
-                    previous = seen.get(item.request_id)
-                    if item.id <= last_event_id or (previous is not None and item.version <= previous):
-                        continue
-                    if previous is not None and item.version > previous + 1:  # a gap in a request we follow
-                        missed = await self._request_events(tenant_id, uuid.UUID(item.request_id), previous)
-                        fresh = [e for e in missed if _matches(e.data, kind, status)]
-                    else:
-                        fresh = [item] if _matches(item.data, kind, status) else []
-                else:
-                    fresh = await self._tenant_events(tenant_id, high_water, kind, status)
-                for event in fresh:
-                    if event.version > seen.get(event.request_id, 0):
-                        high_water = max(high_water, event.id)
-                        _remember(seen, event)
-                        yield event
-
-    async def wait_until_terminal(self, tenant_id: uuid.UUID, request_id: uuid.UUID, timeout: float) -> None:
-        """Return when the request has ended, or after `timeout` seconds, whichever is first."""
+    async def wait_until_terminal(
+        self, tenant_id: uuid.UUID, request_id: uuid.UUID, timeout: float, lease: StreamLease
+    ) -> None:
+        """Return when the request has ended, or after `timeout` seconds, or when the lease's key is
+        revoked (the caller checks `lease.revoked`), whichever is first."""
         deadline = time.monotonic() + timeout
-        async with self.channels.start_subscription(request_channel(str(request_id))) as subscriber:
-            assert isinstance(subscriber, StreamSubscriber)
-            while True:
+        async with self.hub.subscribe(request_channel(str(request_id))) as subscription:
+            lease.watch(subscription)
+            while not lease.revoked:
                 position = await self.position(tenant_id, request_id, 0)
                 if position is None or position.status in TERMINAL_STATUSES:
                     return
-                while (left := deadline - time.monotonic()) > 0:
-                    wait = left if self.backend.healthy else min(left, self.poll_seconds)
-                    raw = await subscriber.next_message(wait)
-                    live = _decode_once(raw) if raw and raw != RESYNC else None
-                    if raw == RESYNC or (live and live.terminal):
-                        break
-                    if raw is None and not self.backend.healthy:
-                        break
-                else:
+                cursor = RequestCursor(str(request_id), position.version)
+                if not await self._until_worth_reading(subscription, lease, deadline, cursor):
                     return
 
-    async def _live(
-        self, subscriber: StreamSubscriber
-    ) -> AsyncIterator[StreamEvent | bytes | KeepAlive | Overflow | Flush]:
-        """Live events, RESYNC (as bytes) when Postgres must be read, keep-alives and overflow; FLUSH
-        whenever nothing more is queued, before waiting (the replay before it included)."""
+    async def _until_worth_reading(
+        self, subscription: Subscription, lease: StreamLease, deadline: float, cursor: RequestCursor
+    ) -> bool:
+        """Wait until Postgres may show that the request ended (True), or until the deadline or the
+        lease's revocation (False)."""
+        while (left := deadline - time.monotonic()) > 0 and not lease.revoked:
+            wait = left if self.hub.healthy else min(left, self.poll_seconds)
+            message = await subscription.next(wait)
+            if message is None:
+                if not self.hub.healthy:
+                    return True  # Redis is down: read Postgres every poll_seconds
+                continue
+            live = _decoded(message)
+            if live is not None and cursor.must_read(live):
+                return True
+        return False
+
+    async def _live(self, subscription: Subscription, lease: StreamLease) -> AsyncIterator[LiveItem]:
+        """RESYNC first (a stream starts by catching up from Postgres, as after Redis came back), then
+        live events, and RESYNC whenever Postgres must be read again (the hub says so, or Redis is down
+        and `poll_seconds` passed); keep-alives; FLUSH whenever nothing more is queued, before waiting;
+        OVERFLOW or REVOKED last."""
+        yield RESYNC
         last_write = time.monotonic()
         while True:
-            if not subscriber.qsize:
+            if not subscription.pending:
                 yield FLUSH
             until_keepalive = self.keepalive_seconds - (time.monotonic() - last_write)
-            wait = until_keepalive if self.backend.healthy else min(until_keepalive, self.poll_seconds)
-            raw = await subscriber.next_message(max(wait, 0.0))
-            if subscriber.overflowed:
+            wait = until_keepalive if self.hub.healthy else min(until_keepalive, self.poll_seconds)
+            message = await subscription.next(max(wait, 0.0))
+            if lease.revoked:
+                yield REVOKED
+                return
+            if subscription.overflowed:
                 yield OVERFLOW
                 return
-            if raw is None:
-                if not self.backend.healthy:
+            if message is None:
+                if not self.hub.healthy:
                     yield RESYNC
                 if time.monotonic() - last_write >= self.keepalive_seconds:
                     last_write = time.monotonic()
                     yield KEEPALIVE
                 continue
-            if raw == RESYNC:
-                yield RESYNC
-                continue
-            live = _decode_once(raw)
-            if live is not None:
+            live = _decoded(message)
+            if isinstance(live, StreamEvent):
                 last_write = time.monotonic()
+            if live is not None:
                 yield live
 
-    async def _request_events(
-        self, tenant_id: uuid.UUID, request_id: uuid.UUID, after_version: int
-    ) -> list[StreamEvent]:
-        async def read() -> list[StreamEvent]:
-            rows = await self.pool.fetch(sql("request_events_after_version"), request_id, tenant_id, after_version)
-            return [_from_row(row) for row in rows]
 
-        return await self._reads.share((tenant_id, request_id, after_version), read)
+class _Follower(Protocol):
+    """What one kind of stream sends for each live event or RESYNC (`Streams._follow` runs it)."""
 
-    async def _tenant_events(
-        self, tenant_id: uuid.UUID, after_id: int, kind: str | None, status: str | None
-    ) -> list[StreamEvent]:
-        rows = await self.pool.fetch(sql("tenant_events_after"), tenant_id, after_id, kind, status, TENANT_REPLAY_LIMIT)
-        return [_from_row(row) for row in rows]
+    @property
+    def finished(self) -> bool:
+        """It has sent its last event: the stream ends."""
+        ...
+
+    async def start(self) -> None:
+        """Called once subscribed, before the first `take`."""
+
+    def take(self, item: StreamEvent | Resync) -> StreamEvent | AsyncIterator[StreamEvent | Flush] | None:
+        """What to send: the live event itself (the fast path, run once per follower per event: no
+        read, no generator), events read from Postgres (after a gap or a RESYNC), or nothing."""
+        ...
 
 
-def _from_row(row: Any) -> StreamEvent:
-    return StreamEvent(row["id"], row["topic"], row["status"], row["version"], str(row["request_id"]), row["data"])
+class _RequestFollower:
+    """One request's stream (SSE, WebSocket): its events in version order, the terminal one last."""
+
+    def __init__(self, replay: Replay, tenant_id: uuid.UUID, request_id: uuid.UUID, seen_version: int) -> None:
+        self._replay = replay
+        self._tenant_id = tenant_id
+        self._request_id = request_id
+        self._cursor = RequestCursor(str(request_id), seen_version)
+
+    @property
+    def finished(self) -> bool:
+        return self._cursor.finished
+
+    async def start(self) -> None:
+        pass
+
+    def take(self, item: StreamEvent | Resync) -> StreamEvent | AsyncIterator[StreamEvent | Flush] | None:
+        verdict = self._cursor.judge(item)
+        if verdict is Verdict.NEXT and isinstance(item, StreamEvent):
+            self._cursor.sent(item)
+            return item
+        return self._missed() if verdict is Verdict.GAP else None
+
+    async def _missed(self) -> AsyncIterator[StreamEvent | Flush]:
+        """The events after the version sent last, from Postgres, up to the terminal one."""
+        events = self._replay.request_events(self._tenant_id, self._request_id, self._cursor.version)
+        async with contextlib.aclosing(events):
+            async for event in events:
+                if isinstance(event, StreamEvent):
+                    self._cursor.sent(event)
+                yield event
+                if self._cursor.finished:
+                    return
+
+
+class _TenantFollower:
+    """A tenant's stream: its events (optionally filtered by kind and status), each request's in version
+    order. It never finishes: OVERFLOW or REVOKED end it."""
+
+    finished = False
+
+    def __init__(
+        self, replay: Replay, tenant_id: uuid.UUID, last_event_id: int | None, kind: str | None, status: str | None
+    ) -> None:
+        self._replay = replay
+        self._tenant_id = tenant_id
+        self._from_latest = last_event_id is None
+        self._cursor = TenantCursor(last_event_id or 0)
+        self._kind = kind
+        self._status = status
+
+    async def start(self) -> None:
+        """No `last_event_id`: start after the tenant's latest event, read only now that the stream is
+        subscribed, so that nothing committed in between is missed."""
+        if self._from_latest:
+            latest = await self._replay.pool.fetchval(sql("latest_tenant_event_id"), self._tenant_id)
+            self._cursor = TenantCursor(latest)
+
+    def take(self, item: StreamEvent | Resync) -> StreamEvent | AsyncIterator[StreamEvent | Flush] | None:
+        verdict = self._cursor.judge(item)
+        if verdict is Verdict.NEXT and isinstance(item, StreamEvent):
+            if not _matches(item.data, self._kind, self._status):
+                return None
+            self._cursor.sent(item)
+            return item
+        return self._missed(item) if verdict is Verdict.GAP else None
+
+    async def _missed(self, item: StreamEvent | Resync) -> AsyncIterator[StreamEvent | Flush]:
+        """What the stream missed, from Postgres: for a RESYNC, every matching event after the last one
+        sent; for a gap in one request's versions, that request's events after the version sent last."""
+        if isinstance(item, Resync):
+            missed = self._replay.tenant_events(self._tenant_id, self._cursor.high_water, self._kind, self._status)
+        else:
+            after_version = self._cursor.last_version(item.request_id)
+            missed = self._replay.request_events(self._tenant_id, uuid.UUID(item.request_id), after_version)
+        async for event in missed:
+            if not isinstance(event, StreamEvent):
+                yield event
+            elif self._cursor.is_new(event) and _matches(event.data, self._kind, self._status):
+                self._cursor.sent(event)
+                yield event
+
+
+def _decoded(message: Message) -> StreamEvent | Resync | None:
+    return message if isinstance(message, Resync) else _decode_once(message)
 
 
 @functools.lru_cache(maxsize=DECODED_MESSAGES)
@@ -318,10 +307,3 @@ def _decode_once(raw: bytes) -> StreamEvent | None:
 
 def _matches(data: dict[str, Any], kind: str | None, status: str | None) -> bool:
     return (kind is None or data.get("kind") == kind) and (status is None or data.get("status") == status)
-
-
-def _remember(seen: collections.OrderedDict[str, int], event: StreamEvent) -> None:
-    seen[event.request_id] = event.version
-    seen.move_to_end(event.request_id)
-    if len(seen) > TRACKED_REQUESTS:
-        seen.popitem(last=False)

@@ -8,6 +8,7 @@ exactly after it. A request's stream ends after its terminal event; reconnecting
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -18,19 +19,22 @@ from litestar.di import NamedDependency
 from litestar.exceptions import WebSocketDisconnect
 from litestar.params import FromPath, QueryParameter
 from litestar.response import Stream
-from litestar.status_codes import WS_1000_NORMAL_CLOSURE, WS_1013_TRY_AGAIN_LATER
+from litestar.status_codes import WS_1000_NORMAL_CLOSURE, WS_1008_POLICY_VIOLATION, WS_1013_TRY_AGAIN_LATER
 
 from ackflow.contracts import ALL_STATUSES
 from ackflow.errors import InvalidInput, NotFound, TooManyRequests
 from ackflow.handlers import KIND_PATTERN
+from ackflow.inputs import parse_digits
 from ackflow.sse import comment_frame, retry_frame
-from gateway.auth import current_tenant, require_api_key, require_key_or_capability
+from gateway.auth import current_key, current_tenant, require_api_key, require_key_or_capability
+from gateway.capability_cors import CapabilityCors
 from gateway.services import GatewayServices
-from gateway.streams import FLUSH, KEEPALIVE, OVERFLOW, StreamEvent, StreamItem
+from gateway.stream_items import FLUSH, KEEPALIVE, OVERFLOW, REVOKED, StreamEvent, StreamItem
 
 SSE_RETRY = retry_frame(2000)
 SSE_KEEPALIVE = comment_frame("keep-alive")
 SSE_OVERFLOW = comment_frame("too slow: reconnect with Last-Event-ID to catch up")
+SSE_REVOKED = comment_frame("the API key was revoked")
 SSE_HEADERS = {"Cache-Control": "no-cache", "Connection": "keep-alive", "X-Accel-Buffering": "no"}
 MAX_EVENT_ID = 2**63 - 1
 
@@ -40,6 +44,7 @@ class RequestStreamsController(Controller):
 
     path = "/v1/requests/{request_id:uuid}"
     guards = [require_key_or_capability]
+    middleware = [CapabilityCors()]  # opened with its capability URL, readable from any origin
     tags = ["live results"]
 
     @get("/events", summary="Server-Sent Events of one request", media_type="text/event-stream")
@@ -58,9 +63,9 @@ class RequestStreamsController(Controller):
             raise NotFound(f"request {request_id} does not exist")
         if position.finished_for_client:
             return Response(None, status_code=204)  # tells EventSource the stream is over
-        release = streams.open_stream(tenant_id)
-        items = streams.follow_request(tenant_id, request_id, position.seen_version)
-        return _event_stream(items, release)
+        lease = await streams.open_stream(tenant_id, current_key(request))
+        items = streams.follow_request(tenant_id, request_id, position.seen_version, lease)
+        return _event_stream(items, lease.release)
 
     @websocket("/ws")
     async def socket(
@@ -71,7 +76,10 @@ class RequestStreamsController(Controller):
         last_event_id: Annotated[int | None, QueryParameter(ge=0, le=MAX_EVENT_ID)] = None,
         token: Annotated[str | None, QueryParameter(max_length=200)] = None,
     ) -> None:
-        """The same events as JSON messages `{id, event, data}`; pings; a normal close after the terminal one."""
+        """The same events as JSON messages `{id, event, data}`; pings; a normal close after the terminal one.
+
+        What the client sends is read and ignored (uvicorn closes the socket with 1009 for a message
+        over ACKFLOW_WS_MAX_MESSAGE_BYTES)."""
         tenant_id, streams = current_tenant(socket), services.streams
         position = await streams.position(tenant_id, request_id, last_event_id or 0)
         await socket.accept()
@@ -79,17 +87,18 @@ class RequestStreamsController(Controller):
             await socket.close(code=4404, reason="no such request")
             return
         try:
-            release = streams.open_stream(tenant_id)
+            lease = await streams.open_stream(tenant_id, current_key(socket))
         except TooManyRequests:
             await socket.close(code=WS_1013_TRY_AGAIN_LATER, reason="too many open streams for this tenant")
             return
         try:
-            items = streams.follow_request(tenant_id, request_id, position.seen_version)
-            with contextlib.suppress(WebSocketDisconnect):
-                close_code, reason = await _relay_to_socket(socket, items)
-                await socket.close(code=close_code, reason=reason)
+            items = streams.follow_request(tenant_id, request_id, position.seen_version, lease)
+            ending = await _relay_while_reading(socket, items)
+            if ending is not None:
+                with contextlib.suppress(WebSocketDisconnect):
+                    await socket.close(code=ending[0], reason=ending[1])
         finally:
-            release()
+            lease.release()
 
 
 class TenantStreamsController(Controller):
@@ -117,21 +126,22 @@ class TenantStreamsController(Controller):
         tenant_id, streams = current_tenant(request), services.streams
         header = request.headers.get("last-event-id")
         after = _last_event_id(header, last_event_id) if header or last_event_id is not None else None
-        release = streams.open_stream(tenant_id)
-        items = streams.follow_tenant(tenant_id, after, kind, status)
-        return _event_stream(items, release)
+        lease = await streams.open_stream(tenant_id, current_key(request))
+        items = streams.follow_tenant(tenant_id, after, kind, status, lease)
+        return _event_stream(items, lease.release)
 
 
 def _last_event_id(header: str | None, query: int | None) -> int:
     if header is None or not header.strip():
         return query or 0
-    if not header.strip().isdigit() or int(header) > MAX_EVENT_ID:
+    event_id = parse_digits(header.strip(), maximum=MAX_EVENT_ID)
+    if event_id is None:
         raise InvalidInput(
             "Last-Event-ID must be an event id this API sent",
             status_code=400,
             errors=[{"field": "Last-Event-ID", "in": "header", "message": "not an event id"}],
         )
-    return int(header)
+    return event_id
 
 
 def _event_stream(items: AsyncIterator[StreamItem], release: Callable[[], None]) -> Stream:
@@ -152,13 +162,44 @@ async def _sse(items: AsyncIterator[StreamItem], release: Callable[[], None]) ->
                 frames.append(SSE_KEEPALIVE)  # a comment only, not an empty event
             elif item is OVERFLOW:
                 frames.append(SSE_OVERFLOW)
-            if frames and (item is FLUSH or item is KEEPALIVE or item is OVERFLOW):
+            elif item is REVOKED:
+                frames.append(SSE_REVOKED)
+            if frames and (item is FLUSH or item is KEEPALIVE or item is OVERFLOW or item is REVOKED):
                 yield b"".join(frames)
                 frames.clear()
         if frames:
             yield b"".join(frames)
     finally:
         release()
+
+
+async def _relay_while_reading(
+    socket: WebSocket[Any, Any, Any], items: AsyncIterator[StreamItem]
+) -> tuple[int, str] | None:
+    """Relay `items` to the socket while reading what the client sends, so its messages never pile up
+    in buffers (uvicorn stops reading the socket until the app takes the last message) and its close
+    ends the relay at once. The close code and reason to send; None if the client is gone."""
+    relay = asyncio.create_task(_relay_to_socket(socket, items))
+    reader = asyncio.create_task(_discard_until_disconnect(socket))
+    try:
+        await asyncio.wait((relay, reader), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        relay.cancel()
+        reader.cancel()
+        await asyncio.wait((relay, reader))
+    failure = None if reader.cancelled() else reader.exception()
+    if failure is not None:
+        raise failure
+    if relay.cancelled() or isinstance(relay.exception(), WebSocketDisconnect):
+        return None
+    return relay.result()
+
+
+async def _discard_until_disconnect(socket: WebSocket[Any, Any, Any]) -> None:
+    """Read the client's messages and drop them: clients have nothing to say on this socket."""
+    with contextlib.suppress(WebSocketDisconnect):
+        while (await socket.receive())["type"] != "websocket.disconnect":
+            pass
 
 
 async def _relay_to_socket(socket: WebSocket[Any, Any, Any], items: AsyncIterator[StreamItem]) -> tuple[int, str]:
@@ -169,4 +210,6 @@ async def _relay_to_socket(socket: WebSocket[Any, Any, Any], items: AsyncIterato
             await socket.send_json({"event": "ping"})
         elif item is OVERFLOW:
             return WS_1013_TRY_AGAIN_LATER, "too slow: reconnect with last_event_id to catch up"
+        elif item is REVOKED:
+            return WS_1008_POLICY_VIOLATION, "the API key was revoked"
     return WS_1000_NORMAL_CLOSURE, "request finished"

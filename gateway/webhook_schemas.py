@@ -8,15 +8,12 @@ from typing import Annotated, Any
 
 import msgspec
 
-EventType = Annotated[
-    str,
-    msgspec.Meta(
-        pattern=r"^request\.(\*|processing|done|failed|cancelled)$",
-        description="request.processing, request.done, request.failed, request.cancelled, or request.*",
-    ),
-]
-Url = Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
-Description = Annotated[str, msgspec.Meta(max_length=500)]
+from ackflow.contracts import DeliveryState
+from ackflow.inputs import STORABLE_TEXT
+from gateway.schemas import EventType
+
+Url = Annotated[str, msgspec.Meta(min_length=1, max_length=2048, pattern=STORABLE_TEXT)]
+Description = Annotated[str, msgspec.Meta(max_length=500, pattern=STORABLE_TEXT)]
 Concurrency = Annotated[int, msgspec.Meta(ge=1, le=1000)]
 RatePerSecond = Annotated[int, msgspec.Meta(ge=1, le=10_000)]
 EventTypes = Annotated[list[EventType], msgspec.Meta(min_length=1, max_length=10)]
@@ -79,7 +76,7 @@ class Delivery(msgspec.Struct):
     webhook_id: str
     event_type: str
     url: str
-    state: str
+    state: DeliveryState
     attempts: int
     last_status: int | None
     last_error: str | None

@@ -16,14 +16,16 @@ from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
 
+from ackflow.contracts import DeliveryState
 from ackflow.db.queries import sql
 from ackflow.errors import InvalidInput, NotFound
 from ackflow.ids import new_request_id
 from ackflow.netguard import check_target
+from ackflow.timestamps import wire_timestamp
 from ackflow.webhook_secrets import new_webhook_secret
 from gateway.auth import current_tenant, require_api_key
 from gateway.bodies import require_json_body
-from gateway.cursors import decode_cursor, encode_cursor
+from gateway.cursors import MAX_PAGE_SIZE, decode_cursor, encode_cursor
 from gateway.services import GatewayServices
 from gateway.webhook_schemas import (
     CreatedEndpoint,
@@ -40,8 +42,6 @@ from gateway.webhook_schemas import (
 )
 
 ROTATION_OVERLAP_SECONDS = 24 * 3600
-DELIVERY_STATES = ("pending", "delivering", "retrying", "succeeded", "failed")
-MAX_PAGE_SIZE = 200
 
 
 class WebhooksController(Controller):
@@ -173,7 +173,11 @@ class WebhooksController(Controller):
         tenant_id = current_tenant(request)
         delivery_id = new_request_id()
         body = msgspec.json.encode(
-            {"type": "webhook.test", "timestamp": _now_iso(), "data": {"endpoint_id": str(endpoint_id)}}
+            {
+                "type": "webhook.test",
+                "timestamp": wire_timestamp(datetime.now(UTC)),
+                "data": {"endpoint_id": str(endpoint_id)},
+            }
         ).decode()
         created = await services.pool.fetchval(
             sql("create_test_delivery"), delivery_id, endpoint_id, f"msg_test_{delivery_id.hex}", body, tenant_id
@@ -198,9 +202,9 @@ class WebhooksController(Controller):
         cursor: Annotated[str | None, QueryParameter(max_length=64)] = None,
     ) -> DeliveryPage:
         tenant_id = current_tenant(request)
-        if status is not None and status not in DELIVERY_STATES:
+        if status is not None and status not in set(DeliveryState):
             raise InvalidInput(
-                f"status must be one of {', '.join(DELIVERY_STATES)}",
+                f"status must be one of {', '.join(DeliveryState)}",
                 status_code=400,
                 errors=[{"field": "status", "in": "query", "message": "unknown delivery state"}],
             )
@@ -247,7 +251,3 @@ def _unique(values: list[str]) -> list[str]:
 
 def _given(value: Any) -> Any:
     return None if value is msgspec.UNSET else value
-
-
-def _now_iso() -> str:
-    return datetime.now(UTC).isoformat()

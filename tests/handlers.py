@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from ackflow.handlers import handler
@@ -29,3 +30,11 @@ async def nul_result(payload: Any) -> dict[str, str]:
 async def big_result(payload: Any) -> dict[str, str]:
     """Returns more than the 1 MiB a result may be."""
     return {"blob": "x" * (1024 * 1024 + 1)}
+
+
+@handler("nap", timeout=60, max_attempts=2)
+async def nap(payload: Any) -> dict[str, float]:
+    """Sleeps `payload["seconds"]` without heartbeating: a slow handler that runs in its batch."""
+    seconds = float(payload.get("seconds", 1))
+    await asyncio.sleep(seconds)
+    return {"slept": seconds}

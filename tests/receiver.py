@@ -68,12 +68,7 @@ class Receiver:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         headers["x-path"] = scope["path"]
         self.received.append(Received(headers, body, time.monotonic()))
@@ -91,18 +86,35 @@ class Receiver:
             self.in_flight -= 1
 
 
+async def read_body(receive: Any) -> bytes:
+    """The whole body of an ASGI HTTP request."""
+    body = b""
+    while True:
+        message: dict[str, Any] = await receive()
+        body += bytes(message.get("body", b""))
+        if not message.get("more_body"):
+            return body
+
+
 @contextlib.asynccontextmanager
-async def running_receiver() -> AsyncIterator[Receiver]:
-    receiver = Receiver()
-    config = uvicorn.Config(receiver, host="127.0.0.1", port=receiver.port, log_level="warning", lifespan="off")
+async def serving(app: Any, port: int) -> AsyncIterator[None]:
+    """Serve the ASGI `app` on loopback `port` in this event loop until the block ends."""
+    config = uvicorn.Config(app, host=devstack.LOOPBACK, port=port, log_level="warning", lifespan="off")
     server = SignalFreeServer(config)
     task = asyncio.create_task(server.serve())
     await assert_eventually(lambda: _started(server), timeout=10, message="receiver did not start")
     try:
-        yield receiver
+        yield
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 10)
+
+
+@contextlib.asynccontextmanager
+async def running_receiver() -> AsyncIterator[Receiver]:
+    receiver = Receiver()
+    async with serving(receiver, receiver.port):
+        yield receiver
 
 
 async def _started(server: uvicorn.Server) -> bool:

@@ -3,7 +3,8 @@
 Each wait is counted from the previous attempt, with ±20 % jitter so a receiver that was down is
 not hit by every retry at the same instant; a receiver's Retry-After (429/503) replaces the wait,
 within bounds. The timers live in Temporal, so the schedule survives any restart, and a resend
-(`attempt_now` signal) cuts the current wait short. The attempts themselves are an activity.
+(`attempt_now` signal, sent by a dispatcher for POST /v1/deliveries/{id}/retry) cuts the current
+wait short. The attempts themselves are an activity.
 """
 
 from __future__ import annotations
@@ -15,18 +16,20 @@ from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from ackflow.contracts import (
+        WEBHOOK_ATTEMPT_NOW_SIGNAL,
         WEBHOOK_RETRY_AFTER_BOUNDS_SECONDS,
         WEBHOOK_RETRY_JITTER,
         WEBHOOK_RETRY_SCHEDULE_SECONDS,
         WEBHOOK_RETRY_WORKFLOW,
+        DeliveryState,
         WebhookAttemptInput,
         WebhookAttemptOutput,
         WebhookRetryInput,
     )
 
-RETRYING = "retrying"
 ATTEMPT_TIMEOUT = timedelta(seconds=60)
-# Only infrastructure trouble (Postgres down, worker lost) makes the activity itself fail: retry it.
+# Only infrastructure trouble (Postgres down, worker lost) or an endpoint with no send slot free for a
+# while (callbacks.limits.EndpointBusy) makes the activity itself fail: retry it.
 ATTEMPT_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
 
 
@@ -44,7 +47,7 @@ class WebhookRetryWorkflow:
     def __init__(self) -> None:
         self._attempt_now = False
 
-    @workflow.signal(name="attempt_now")
+    @workflow.signal(name=WEBHOOK_ATTEMPT_NOW_SIGNAL)
     def attempt_now(self) -> None:
         """Skip the rest of the current wait (a manual resend)."""
         self._attempt_now = True
@@ -62,17 +65,19 @@ class WebhookRetryWorkflow:
                 start_to_close_timeout=ATTEMPT_TIMEOUT,
                 retry_policy=ATTEMPT_RETRY,
             )
-            if outcome.state != RETRYING:
+            if outcome.state != DeliveryState.RETRYING:
                 return str(outcome.state)
             attempts, retry_after = outcome.attempt, outcome.retry_after
-        return "failed"
+        return str(DeliveryState.FAILED)
 
     async def _wait(self, seconds: float) -> None:
-        self._attempt_now = False
+        # The flag is cleared after the wait, not before: a resend signalled while an attempt was
+        # under way, or with the start itself (signal-with-start), still cuts the next wait short.
         try:
             await workflow.wait_condition(lambda: self._attempt_now, timeout=timedelta(seconds=seconds))
         except TimeoutError:
             pass  # the normal case: the wait ran out
+        self._attempt_now = False
 
 
 def retry_delay(schedule: tuple[float, ...], attempts_done: int, retry_after: float | None, jitter: float) -> float:

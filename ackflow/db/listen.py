@@ -16,6 +16,11 @@ from ackflow.db.pool import connect
 
 log = logging.getLogger(__name__)
 
+# The NOTIFY channels ackflow's loops LISTEN on. The triggers of migrations 0001 and 0003 spell them
+# too (tests/unit/test_sql_names.py holds those to these).
+OUTBOX_CHANNEL = "ackflow_outbox"  # outbox rows to relay: the relays' (ackflow.db.waker wakes them after accepts)
+WEBHOOKS_CHANNEL = "ackflow_webhooks"  # webhook deliveries due: the dispatchers'
+
 
 async def listen_until_stopped(
     database_url: str, channel: str, on_notify: Callable[[], None], stop: asyncio.Event, *, retry_seconds: float

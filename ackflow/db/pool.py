@@ -11,6 +11,16 @@ import msgspec
 
 from ackflow.errors import ServiceUnavailable
 
+# What Postgres going away (down, restarting, a dropped connection) looks like to asyncpg; loops
+# wait these out. InternalClientError is asyncpg finding a connection in a state a lost server left
+# it in ("cannot switch to state ..."): seen when Postgres was killed under load.
+POSTGRES_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+)
+
 
 def redact_url(url: str) -> str:
     """`scheme://host:port/path` of a URL, without user or password, safe to print."""

@@ -1,4 +1,4 @@
-"""Status changes: one statement updates the request, appends its event and writes its outbox row."""
+"""Status changes: one statement updates the request (or many requests), appends its event and writes its outbox row."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import asyncpg
 
-from ackflow.contracts import TOPIC_FOR_STATUS
+from ackflow.contracts import FAILED, INIT, TOPIC_ACCEPTED, TOPIC_BATCH, TOPIC_FOR_STATUS
 from ackflow.db.queries import sql
 
 
@@ -35,3 +35,28 @@ async def transition(
         error,
         TOPIC_FOR_STATUS[to_status],
     )
+
+
+async def transition_many(
+    db: asyncpg.Pool | asyncpg.Connection,
+    changes: list[dict[str, Any]],
+    from_statuses: tuple[str, ...],
+) -> list[asyncpg.Record]:
+    """Many transitions in one statement: each of `changes` is {id, status, result?, error?}; the rows
+    that moved come back (as `transition` returns them), the others were not in one of `from_statuses`."""
+    if not changes:
+        return []
+    wanted = [
+        {"id": str(c["id"]), "status": c["status"], "result": c.get("result"), "error": c.get("error")} for c in changes
+    ]
+    return list(await db.fetch(sql("transition_requests"), wanted, list(from_statuses)))
+
+
+async def fail_unstarted(db: asyncpg.Pool | asyncpg.Connection, row: asyncpg.Record, error: dict[str, Any]) -> None:
+    """An outbox row that will never be dispatched (dead-lettered, dropped): if it was to start requests
+    (an accepted row, or a batch row and its members), those still in INIT end FAILED with `error`.
+    `row` has the outbox columns topic, request_id and request_ids."""
+    if row["topic"] not in (TOPIC_ACCEPTED, TOPIC_BATCH):
+        return
+    members = row["request_ids"] or [row["request_id"]]
+    await transition_many(db, [{"id": member, "status": FAILED, "error": error} for member in members], (INIT,))

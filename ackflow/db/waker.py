@@ -18,9 +18,11 @@ import logging
 
 import asyncpg
 
-log = logging.getLogger(__name__)
+from ackflow.db.listen import OUTBOX_CHANNEL
+from ackflow.db.pool import POSTGRES_ERRORS
+from ackflow.db.queries import sql
 
-OUTBOX_CHANNEL = "ackflow_outbox"
+log = logging.getLogger(__name__)
 
 
 class OutboxWaker:
@@ -36,7 +38,7 @@ class OutboxWaker:
 
     async def wake_now(self) -> None:
         """One NOTIFY, sent before returning (for callers outside the gateway's loop, and tests)."""
-        await self._pool.execute("SELECT pg_notify($1, '')", OUTBOX_CHANNEL)
+        await self._pool.execute(sql("wake_outbox_relays"), OUTBOX_CHANNEL)
 
     async def run(self) -> None:
         """Send the coalesced notifications until cancelled."""
@@ -45,6 +47,6 @@ class OutboxWaker:
             self._pending.clear()
             try:
                 await self.wake_now()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except POSTGRES_ERRORS as exc:
                 log.warning("could not wake the relays (they will poll): %s", exc)
             await asyncio.sleep(self._interval)

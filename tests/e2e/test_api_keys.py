@@ -39,7 +39,7 @@ async def test_a_revoked_key_stops_working_at_once_despite_the_gateways_cache(
 
     async with running_roles(cached_long, pool, redis, temporal, registry), api_client(cached_long, key) as http:
         assert (await http.get("/v1/requests")).status_code == 200  # now cached by the gateway
-        said = await ackflow(cached_long, "key", "revoke", key)
+        said = await ackflow(cached_long, "key", "revoke", "acme", key)
         assert "every gateway now" in said and key not in said
 
         async def refused() -> bool:

@@ -7,17 +7,23 @@ change and that a valid request is still accepted.
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
+from redis.asyncio import Redis
+from temporalio.client import Client
 
+from ackflow.db.queries import sql
+from ackflow.handlers import HandlerRegistry
 from ackflow.settings import Settings
 from ackflow.tenants import create_api_key, generate_api_key, hash_api_key
-from tests.conftest import Tenant, api_client
+from tests.conftest import Tenant, api_client, running_roles
 from tests.helpers import assert_eventually, assert_problem, wait_for_status
 
 JSON = {"Content-Type": "application/json"}
@@ -461,3 +467,150 @@ async def test_wrong_methods_are_405_and_unknown_paths_404_as_problems_on_every_
         response = await anonymous.get(path, params={"verbose": "1", "x": "\x00\xff" * 100})
         assert response.status_code == 200, (path, response.text)
     await assert_still_serving(client)
+
+
+# --- text fields and digit strings: what Postgres and int() cannot take ------------------------------
+
+
+def text_field_cases(endpoint_id: str) -> list[Case]:
+    """A NUL (Postgres error 22021), a control character, or a host that is no host name, in every
+    text field a client sends: each a 422 naming the field."""
+    invalid, unsafe = "invalid-input", "unsafe-url"
+    urls = {
+        "NUL in the path": ("http://127.0.0.1:9/a\u0000b", invalid),
+        "NUL in the host": ("http://127.0.0.\u00001:9/", invalid),
+        "a control character": ("http://127.0.0.1:9/a\u0001b", unsafe),
+        "CR LF": ("http://127.0.0.1:9/a\r\nX-Injected: 1", unsafe),
+        "an empty label": ("http://a..example/", unsafe),
+        "a 64-character label": (f"http://{'x' * 64}.example/", unsafe),
+    }
+    cases = []
+    for name, (url, slug) in urls.items():
+        cases += [
+            Case(
+                f"callback_url with {name}",
+                422,
+                slug,
+                "callback_url",
+                content=_json({"kind": "echo", "callback_url": url}),
+            ),
+            Case(
+                f"endpoint url with {name}",
+                422,
+                slug,
+                "url",
+                path="/v1/webhooks",
+                content=_json({"url": url, "event_types": ["request.*"]}),
+            ),
+            Case(
+                f"new url with {name}",
+                422,
+                slug,
+                "url",
+                method="PATCH",
+                path=f"/v1/webhooks/{endpoint_id}",
+                content=_json({"url": url}),
+            ),
+        ]
+    description = {"url": "http://127.0.0.1:9/hook", "event_types": ["request.*"], "description": "a\u0000b"}
+    cases += [
+        Case("description with NUL", 422, invalid, "description", path="/v1/webhooks", content=_json(description)),
+        Case(
+            "new description with NUL",
+            422,
+            invalid,
+            "description",
+            method="PATCH",
+            path=f"/v1/webhooks/{endpoint_id}",
+            content=_json({"description": "\u0000"}),
+        ),
+    ]
+    return cases
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value).encode()
+
+
+async def endpoint_state(pool: asyncpg.Pool) -> list[dict[str, Any]]:
+    return [dict(row) for row in await pool.fetch("SELECT * FROM webhook_endpoints ORDER BY id")]
+
+
+async def test_nul_control_characters_and_bad_host_names_in_text_fields_are_a_422_and_write_nothing(
+    client: httpx.AsyncClient, pool: asyncpg.Pool
+) -> None:
+    created = await client.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/hook", "event_types": ["request.*"]})
+    assert created.status_code == 201, created.text
+    before, endpoints = await settled_state(pool), await endpoint_state(pool)
+
+    await check_cases(client, text_field_cases(created.json()["id"]))
+
+    assert await table_state(pool) == before
+    assert await endpoint_state(pool) == endpoints
+    await assert_still_serving(client)
+
+
+async def test_non_ascii_digits_in_last_event_id_and_capability_tokens_are_refused_not_500(
+    client: httpx.AsyncClient, settings: Settings, pool: asyncpg.Pool
+) -> None:
+    accepted = (await client.post("/v1/requests", content=VALID_BODY, headers=JSON)).json()
+    await wait_for_status(client, accepted["id"], {"DONE"})
+    before = await settled_state(pool)
+    streams = [f"/v1/requests/{accepted['id']}/events", "/v1/events"]
+    # Header bytes arrive as Latin-1: \xb2 is '²' and \xb9 '¹', for which str.isdigit() is true.
+    header_values = [b"\xb2", b"1\xb9", b"\xb9\xb2\xb3", b"1_000", b"+5", b"-1", b"9" * 20, b"12 34"]
+    failures = []
+    for path in streams:
+        for raw in header_values:
+            response = await client.get(path, headers={b"Last-Event-ID": raw})
+            try:
+                expect_problem(f"Last-Event-ID {raw!r} on {path}", response, 400, None, "Last-Event-ID")
+            except AssertionError as exc:
+                failures.append(str(exc)[:300])
+        # The query form (percent-encoded UTF-8); \u0661\u0662 is Arabic-Indic 12.
+        for value in ["²", "\u0661\u0662", "1_000"]:
+            response = await client.get(path, params={"last_event_id": value})
+            try:
+                expect_problem(f"last_event_id={value!r} on {path}", response, 400, None, "last_event_id")
+            except AssertionError as exc:
+                failures.append(str(exc)[:300])
+
+    tenant_part, key_part, _, signature = accepted["links"]["events"].split("token=")[1].split(".")
+    async with api_client(settings, None) as anonymous:
+        for expiry in ["²", "¹²³⁴⁵⁶⁷⁸⁹⁰", "\u0661\u0667" + "\u0660" * 8, "1_700_000_000", "+1700000000", "9" * 30]:
+            token = f"{tenant_part}.{key_part}.{expiry}.{signature}"
+            response = await anonymous.get(streams[0], params={"token": token})
+            try:
+                expect_problem(f"token expiry {expiry!r}", response, 401, "unauthorized")
+            except AssertionError as exc:
+                failures.append(str(exc)[:300])
+    assert not failures, "\n".join(failures)
+
+    assert await table_state(pool) == before
+    await assert_still_serving(client)
+
+
+async def test_an_internal_webhook_url_is_refused_without_naming_the_address_it_resolves_to(
+    settings: Settings, pool: asyncpg.Pool, redis: Redis, temporal: Client, registry: HandlerRegistry, tenant: Tenant
+) -> None:
+    strict = replace(settings, webhook_allow_private=False)  # as deployed
+    async with (
+        running_roles(strict, pool, redis, temporal, registry, relay=False, worker=False),
+        api_client(strict, tenant.api_key) as http,
+    ):
+        created = uuid.uuid4()  # an endpoint registered back when private targets were allowed
+        await pool.fetchrow(
+            sql("create_endpoint"), created, tenant.id, "http://127.0.0.1:9/", "", ["request.*"], 10, None, "whsec_x"
+        )
+        before = await endpoint_state(pool)
+        # Names for 127.0.0.1 that are not the literal address: only the resolver knows where they lead.
+        for url in ["http://127.1/hook", "http://2130706433/hook", "http://0x7f000001/hook"]:
+            for case, response in [
+                (f"register {url}", await http.post("/v1/webhooks", json={"url": url, "event_types": ["request.*"]})),
+                (f"patch to {url}", await http.patch(f"/v1/webhooks/{created}", json={"url": url})),
+                (f"callback_url {url}", await http.post("/v1/requests", json={"kind": "echo", "callback_url": url})),
+            ]:
+                expect_problem(case, response, 422, "unsafe-url")
+                assert "127.0.0.1" not in response.text, f"{case} names the address: {response.text}"
+        assert await endpoint_state(pool) == before
+        assert await pool.fetchval("SELECT count(*) FROM requests") == 0

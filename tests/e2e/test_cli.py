@@ -89,6 +89,27 @@ async def test_migrate_then_tenant_create_prints_a_key_that_is_stored_hashed(ser
     assert key.encode() not in bytes(stored["key_hash"]) and key.startswith(f"ak_{stored['prefix']}_")
 
 
+async def test_tenant_set_rate_and_set_weight_store_the_limits_and_refuse_an_unknown_tenant(servers: Servers) -> None:
+    env = {"DATABASE_URL": devstack.create_database(servers.postgres_port, "cli_tenant_limits")}
+    assert run_ackflow("migrate", env=env).returncode == 0
+    assert run_ackflow("tenant", "create", "hooli", env=env).returncode == 0
+
+    rate = run_ackflow("tenant", "set-rate", "hooli", "200", env=env)
+    weight = run_ackflow("tenant", "set-weight", "hooli", "3", env=env)
+    assert rate.returncode == 0 and "200 requests a second" in rate.stdout, rate
+    assert weight.returncode == 0 and "admission weight 3" in weight.stdout, weight
+    assert_one_line_error(run_ackflow("tenant", "set-rate", "nobody", "5", env=env), "no tenant is named 'nobody'")
+    assert_one_line_error(run_ackflow("tenant", "set-weight", "nobody", "2", env=env), "no tenant is named 'nobody'")
+    assert_one_line_error(run_ackflow("tenant", "set-rate", "hooli", "-1", env=env), "the rate must be 0")
+
+    connection = await asyncpg.connect(env["DATABASE_URL"])
+    try:
+        stored = await connection.fetchrow("SELECT accept_rate_per_second, admission_weight FROM tenants")
+    finally:
+        await connection.close()
+    assert (stored["accept_rate_per_second"], stored["admission_weight"]) == (200, 3)
+
+
 def test_production_roles_in_separate_processes_take_a_request_to_done(servers: Servers, tmp_path: Path) -> None:
     import time
     import uuid

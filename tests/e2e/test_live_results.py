@@ -21,10 +21,6 @@ async def submit(client: httpx.AsyncClient, kind: str, payload: dict[str, Any]) 
     return dict(response.json())
 
 
-def is_terminal(event: Any) -> bool:
-    return event.event in {"request.done", "request.failed", "request.cancelled"}
-
-
 async def test_sse_delivers_init_processing_done_in_order_then_ends(client: httpx.AsyncClient) -> None:
     accepted = await submit(client, "sleep", {"seconds": 0.5})
 

@@ -1,4 +1,4 @@
-"""Redis is only the fast path: killed under open streams, nothing is lost; back, live again."""
+"""Redis is only the fast path: stopped under open streams, nothing is lost; back, live again."""
 
 from __future__ import annotations
 
@@ -16,16 +16,24 @@ from ackflow import devstack
 from ackflow.handlers import HandlerRegistry
 from ackflow.settings import Settings
 from tests.conftest import Tenant, api_client, running_roles
-from tests.helpers import assert_eventually, read_sse
+from tests.helpers import SseEvent, assert_eventually, read_sse
+
+# A stream subscribes to its request's channel before it reads what Postgres already has, so its
+# first event proves it is subscribed.
 
 
-async def watch_sse(http: httpx.AsyncClient, request_id: str) -> list[str]:
+async def watch_sse(http: httpx.AsyncClient, request_id: str, subscribed: asyncio.Event | None = None) -> list[str]:
+    def seen(event: SseEvent) -> bool:
+        if subscribed is not None:
+            subscribed.set()
+        return False  # read to the end
+
     async with http.stream("GET", f"/v1/requests/{request_id}/events") as response:
         assert response.status_code == 200
-        return [str(e.event) for e in await read_sse(response)]
+        return [str(e.event) for e in await read_sse(response, until=seen)]
 
 
-async def watch_ws(port: int, events_link: str) -> list[str]:
+async def watch_ws(port: int, events_link: str, subscribed: asyncio.Event) -> list[str]:
     import json
 
     import websockets
@@ -36,6 +44,7 @@ async def watch_ws(port: int, events_link: str) -> list[str]:
             message = json.loads(raw)
             if message["event"] != "ping":
                 seen.append(message["event"])
+                subscribed.set()
     return seen
 
 
@@ -59,12 +68,17 @@ async def test_streams_and_long_polls_finish_while_redis_is_down_and_go_live_whe
     try:
         async with running_roles(own, pool, redis, temporal, registry), api_client(own, tenant.api_key) as http:
             await assert_eventually(lambda: _ready_status(http, "ok"), message="hub never connected")
-            accepted = (await http.post("/v1/requests", json={"kind": "sleep", "payload": {"seconds": 2}})).json()
+            accepted = (await http.post("/v1/requests", json={"kind": "sleep", "payload": {"seconds": 3}})).json()
             request_id = accepted["id"]
-            watchers = [asyncio.create_task(watch_sse(http, request_id)) for _ in range(5)]
-            watchers.append(asyncio.create_task(watch_ws(own.http_port, accepted["links"]["events"])))
+            # The long poll shows no outward sign of having subscribed: it is only known to be sent before
+            # the streams, which have each subscribed by their first event. Subscribed before Redis
+            # stops or after, it must end once the request is DONE.
             long_poll = asyncio.create_task(http.get(f"/v1/requests/{request_id}", params={"wait": 30}, timeout=40))
-            await asyncio.sleep(0.3)  # let them all subscribe while Redis is up
+            subscribed = [asyncio.Event() for _ in range(6)]
+            watchers = [asyncio.create_task(watch_sse(http, request_id, subscribed[n])) for n in range(5)]
+            watchers.append(asyncio.create_task(watch_ws(own.http_port, accepted["links"]["events"], subscribed[5])))
+            await asyncio.wait_for(asyncio.gather(*(event.wait() for event in subscribed)), timeout=10)
+            assert not long_poll.done(), "the request ended before Redis stopped: nothing was proven"
 
             redis_server.stop()
             await assert_eventually(lambda: _ready_status(http, "degraded"), message="readiness never said degraded")

@@ -60,7 +60,7 @@ async def test_an_empty_bucket_answers_429_with_the_wait_for_a_token_without_ask
     assert len(refusals) == 20
     assert all(0 < wait <= 1.0 for wait in refusals)
     assert await script_calls(redis) - calls_before == 1, "once found empty, the bucket is not asked again"
-    await asyncio.sleep(max(refusals[-1], 0.0) + 0.05)
+    await asyncio.sleep(max(refusals[-1], 0.0) + 0.05)  # wait out the Retry-After it gave: time refills the bucket
     await limiter.check(tenant_id)  # a token is due again
 
 

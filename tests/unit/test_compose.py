@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import importlib.util
 import json
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import pytest
 import yaml
 
 from ackflow.cli import _parser
-from ackflow.contracts import SEARCH_ATTRIBUTE_KIND, SEARCH_ATTRIBUTE_TENANT
+from ackflow.contracts import SEARCH_ATTRIBUTE_TYPES
 from ackflow.settings import _ENV, Settings
 from gateway.health import HealthController
 
@@ -258,12 +259,12 @@ def test_gateway_healthcheck_probes_the_readiness_route_without_curl() -> None:
     assert "urllib.request" in probe and "curl" not in probe
 
 
-def test_temporal_registers_the_search_attributes_ackflow_sets_as_keywords() -> None:
+def test_temporal_registers_every_search_attribute_ackflow_sets_with_its_type() -> None:
     command = [str(part) for part in _services()["temporal"]["command"]]
 
     registered = {command[i + 1] for i, part in enumerate(command[:-1]) if part == "--search-attribute"}
 
-    assert {f"{SEARCH_ATTRIBUTE_TENANT}=Keyword", f"{SEARCH_ATTRIBUTE_KIND}=Keyword"} <= registered
+    assert {f"{name}={kind}" for name, kind in SEARCH_ATTRIBUTE_TYPES.items()} <= registered
 
 
 @pytest.mark.parametrize("service", ("postgres", "temporal"))
@@ -288,12 +289,13 @@ def test_image_does_not_run_as_root() -> None:
     assert users[-1].partition(":")[0] not in {"root", "0"}
 
 
-def test_image_installs_the_project_without_dev_extras_on_python_slim() -> None:
+def test_image_installs_the_server_extra_and_no_dev_or_test_extras_on_python_slim() -> None:
     installs = [command for command in _instruction_arguments("RUN") if "pip install" in command]
+    extras = {extra for command in installs for extra in re.findall(r"\.\[([^\]]*)\]", command)}
 
     assert _instruction_arguments("FROM") == ["python:3.12-slim"]
-    assert any("pip install . " in f"{command} " for command in installs), installs
-    assert not any("[" in command for command in installs), f"dev extras installed: {installs}"
+    assert any("pip install '.[server]' " in f"{command} " for command in installs), installs
+    assert extras == {"server"}, f"extras other than the services installed: {installs}"
 
 
 def test_image_copies_every_package_the_project_installs() -> None:
@@ -303,7 +305,7 @@ def test_image_copies_every_package_the_project_installs() -> None:
     copied = {source for arguments in _instruction_arguments("COPY") for source in arguments.split()[:-1]}
 
     assert packages <= copied, f"packages the image never copies: {sorted(packages - copied)}"
-    assert {"pyproject.toml", pyproject["project"]["readme"]} <= copied
+    assert {"pyproject.toml", pyproject["project"]["readme"], *pyproject["project"]["license-files"]} <= copied
 
 
 def test_dockerignore_keeps_every_file_the_image_copies_in_the_build_context() -> None:

@@ -16,7 +16,7 @@ def test_request_ids_are_uuid7_and_sort_in_creation_order() -> None:
     ids = []
     for _ in range(5):
         ids.append(new_request_id())
-        time.sleep(0.002)
+        time.sleep(0.002)  # into the next millisecond, the timestamp a UUIDv7 sorts by
     assert all(i.version == 7 and i.variant == "specified in RFC 4122" for i in ids)
     assert ids == sorted(ids)
     burst = [new_request_id() for _ in range(10_000)]  # many within one millisecond

@@ -57,3 +57,10 @@ def test_require_names_the_missing_variable_and_an_example() -> None:
 def test_urls_with_passwords_stay_out_of_repr() -> None:
     settings = Settings.from_env({"DATABASE_URL": "postgresql://u:hunter2@db/app", "REDIS_URL": "redis://:pw2@r"})
     assert "hunter2" not in repr(settings) and "pw2" not in repr(settings)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e9", "0", "soon"])
+def test_a_retention_that_is_not_a_sane_number_of_days_is_refused(value: str) -> None:
+    with pytest.raises(ConfigurationError, match="ACKFLOW_RETAIN_REQUESTS_DAYS"):
+        Settings.from_env({"ACKFLOW_RETAIN_REQUESTS_DAYS": value})
+    assert Settings.from_env({"ACKFLOW_RETAIN_REQUESTS_DAYS": "0.5"}).retain_requests_days == 0.5

@@ -1,4 +1,5 @@
-"""The webhook transport's pools: HTTPS hosts behind one address never share a TLS connection."""
+"""The webhook transport's pools: HTTPS hosts behind one address never share a TLS connection, and what
+the transport remembers stays bounded however many targets it sees."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ def request_to(name: str, address: str = "203.0.113.7") -> httpx.Request:
 
 
 async def test_https_hosts_behind_one_address_are_never_given_the_same_pool() -> None:
-    transport = SplitTransport(8, per_pool=4)  # two pools to begin with
-    names_per_pool: dict[int, set[str]] = {}
+    transport = SplitTransport(8, per_pool=4, max_pools=8)  # two pools to begin with, room for all five names
+    names_per_pool: dict[object, set[str]] = {}
 
     for i in range(40):
         name = f"partner-{i % 5}.example"
@@ -33,4 +34,14 @@ async def test_one_host_keeps_to_its_pool_and_other_addresses_are_unaffected() -
 
     assert len(own) == 1 and len(elsewhere) == 1  # nothing in flight: always the home pool
     assert transport.pick(request_to("partner.example")) in own
+    await transport.aclose()
+
+
+async def test_many_addresses_keep_the_pools_and_remembered_tls_names_bounded() -> None:
+    transport = SplitTransport(8, per_pool=4, max_pools=4, names_per_pool=16)
+
+    for i in range(5000):
+        transport.pick(request_to(f"h{i}.example", address=f"198.51.{i // 250}.{i % 250}"))
+
+        assert transport.pool_count <= 4 and transport.name_count <= 4 * 16, (i, transport.name_count)
     await transport.aclose()

@@ -4,119 +4,37 @@ five-day disable, proven in seconds against real Postgres and a real (failing) r
 from __future__ import annotations
 
 import itertools
-import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 
 import asyncpg
-import httpx
 import pytest
-from temporalio.client import WorkflowExecutionStatus, WorkflowHistory
+from temporalio.client import WorkflowHistory
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Replayer, Worker
-from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
+from temporalio.worker import Replayer
+from temporalio.workflow import NondeterminismError
 
-from ackflow.contracts import WEBHOOK_RETRY_JITTER, WEBHOOK_RETRY_SCHEDULE_SECONDS, WebhookRetryInput
-from ackflow.db.queries import sql
-from ackflow.webhook_secrets import new_webhook_secret
-from activities.webhook_activities import WebhookActivities
-from callbacks import EndpointLimiter, WebhookAttempts, WebhookSender
+from ackflow.contracts import WEBHOOK_RETRY_JITTER, WEBHOOK_RETRY_SCHEDULE_SECONDS
 from tests.conftest import Tenant
-from tests.receiver import Receiver, Reply, running_receiver
+from tests.receiver import Reply
+from tests.workflows import incompatible_workflow
+from tests.workflows.record_histories import WEBHOOK_HISTORIES, WEBHOOK_SCENARIOS
+from tests.workflows.webhook_rig import WebhookRig, webhook_rig
 from workflows import WebhookRetryWorkflow
 from workflows.webhook_retry import retry_delay
 
-
-@dataclass
-class Rig:
-    env: WorkflowEnvironment
-    pool: asyncpg.Pool
-    attempts: WebhookAttempts
-    receiver: Receiver
-    endpoint_id: uuid.UUID
-    tenant: Tenant
-    task_queue: str
-    histories: list[WorkflowHistory] = field(default_factory=list)  # of every retry workflow run to its end
-
-    async def delivery(self) -> uuid.UUID:
-        delivery_id = uuid.uuid4()
-        await self.pool.execute(
-            "INSERT INTO webhook_deliveries (id, tenant_id, endpoint_id, message_id, event_type, url, body, state)"
-            " VALUES ($1, $2, $3, $4, 'request.done', $5, '{}', 'pending')",
-            delivery_id,
-            self.tenant.id,
-            self.endpoint_id,
-            f"msg_{delivery_id.hex}",
-            self.receiver.url(),
-        )
-        return delivery_id
-
-    async def fail_first_then_retry(self, delivery_id: uuid.UUID) -> str:
-        """The dispatcher's first attempt at the server's current time, then the retry workflow to its end.
-
-        Time advances only by explicit hour-long steps: left to skip on its own between workflows,
-        the test server's clock leaps ahead by years, which is no stream of real events.
-        """
-        with self.env.auto_time_skipping_disabled():
-            now = await self.env.get_current_time()
-            first = await self.attempts.attempt(delivery_id, trigger="first", now=now, retry_state="retrying")
-            if first.state != "retrying":
-                return first.state
-            handle = await self.env.client.start_workflow(
-                WebhookRetryWorkflow.run,
-                WebhookRetryInput(str(delivery_id), first.attempt, first.retry_after),
-                id=f"webhook-{delivery_id}",
-                task_queue=self.task_queue,
-            )
-            for _ in range(24 * 60):  # at most two months of hours
-                description = await handle.describe()
-                if description.status != WorkflowExecutionStatus.RUNNING:
-                    break
-                await self.env.sleep(timedelta(hours=1))
-            outcome = str(await handle.result())
-            self.histories.append(await handle.fetch_history())
-            return outcome
-
-    async def attempt_times(self, delivery_id: uuid.UUID) -> list[float]:
-        rows = await self.pool.fetch(
-            "SELECT attempted_at FROM webhook_attempts WHERE delivery_id = $1 ORDER BY id", delivery_id
-        )
-        return [row["attempted_at"].timestamp() for row in rows]
+# Recorded before resends signalled the workflow (an older shape of it); kept to prove such runs still replay.
+RECORDED_BEFORE_RESENDS = {"eight_failed_attempts", "retry_after_then_success"}
 
 
 @pytest.fixture
-async def rig(workflow_env: WorkflowEnvironment, pool: asyncpg.Pool, tenant: Tenant) -> AsyncIterator[Rig]:
-    async with running_receiver() as receiver, httpx.AsyncHTTPTransport() as http:
-        endpoint_id = uuid.uuid4()
-        await pool.execute(
-            sql("create_endpoint"),
-            endpoint_id,
-            tenant.id,
-            receiver.url(),
-            "",
-            ["request.*"],
-            10,
-            None,
-            new_webhook_secret(),
-        )
-        attempts = WebhookAttempts(
-            pool, WebhookSender(http, allow_private=True), EndpointLimiter(pool), disable_after=timedelta(days=5)
-        )
-        task_queue = f"webhooks-{uuid.uuid4().hex[:8]}"
-        async with Worker(
-            workflow_env.client,
-            task_queue=task_queue,
-            workflows=[WebhookRetryWorkflow],
-            activities=[WebhookActivities(attempts).attempt_webhook],
-            # Production runs it unsandboxed (see workflows/webhook_retry.py); here the sandbox still
-            # runs it, so a clock, random or I/O call in the workflow fails these tests.
-            unsandboxed_workflow_runner=SandboxedWorkflowRunner(),
-        ):
-            yield Rig(workflow_env, pool, attempts, receiver, endpoint_id, tenant, task_queue)
+async def rig(workflow_env: WorkflowEnvironment, pool: asyncpg.Pool, tenant: Tenant) -> AsyncIterator[WebhookRig]:
+    async with webhook_rig(workflow_env, pool, tenant.id) as rig:
+        yield rig
 
 
-async def test_a_receiver_that_always_fails_gets_eight_attempts_on_svix_schedule(rig: Rig) -> None:
+async def test_a_receiver_that_always_fails_gets_eight_attempts_on_svix_schedule(rig: WebhookRig) -> None:
     rig.receiver.reply_with(*[500] * 20)
     delivery_id = await rig.delivery()
 
@@ -135,12 +53,9 @@ async def test_a_receiver_that_always_fails_gets_eight_attempts_on_svix_schedule
     assert len({r.webhook_id for r in rig.receiver.received}) == 1
     state = await rig.pool.fetchval("SELECT state FROM webhook_deliveries WHERE id = $1", delivery_id)
     assert state == "failed"
-    # Replaying the whole history (seven timers, seven attempts) must give the same commands.
-    [history] = rig.histories
-    await Replayer(workflows=[WebhookRetryWorkflow]).replay_workflow(history)
 
 
-async def test_retry_after_on_429_replaces_the_scheduled_wait(rig: Rig) -> None:
+async def test_retry_after_on_429_replaces_the_scheduled_wait(rig: WebhookRig) -> None:
     rig.receiver.reply_with(Reply(429, {"retry-after": "7200"}), 200)
     delivery_id = await rig.delivery()
 
@@ -150,7 +65,7 @@ async def test_retry_after_on_429_replaces_the_scheduled_wait(rig: Rig) -> None:
     assert 7200 - 1 <= second - first <= 7200 + 5, "waited what the receiver asked, not 5 s"
 
 
-async def test_an_endpoint_failing_for_five_days_is_disabled_with_an_event(rig: Rig) -> None:
+async def test_an_endpoint_failing_for_five_days_is_disabled_with_an_event(rig: WebhookRig) -> None:
     rig.receiver.reply_with(*[503] * 100)
     outcomes = []
     for _ in range(6):
@@ -182,3 +97,52 @@ def test_retry_delay_follows_the_schedule_with_bounded_jitter_and_retry_after() 
     assert retry_delay(schedule, 1, 0.01, 0.0) == 1, "Retry-After below a second is raised to one"
     assert retry_delay(schedule, 1, 10**9, 0.0) == 24 * 3600, "Retry-After is capped at a day"
     assert sum(schedule) == 5 + 300 + 1800 + 7200 + 18000 + 36000 + 36000  # 27.6 h from first to last attempt
+
+
+# --- Replay of recorded histories (record them with: python -m tests.workflows.record_histories) --------
+
+
+def recorded_histories() -> list[Path]:
+    return sorted(WEBHOOK_HISTORIES.glob("*.json"))
+
+
+def load_history(path: Path) -> WorkflowHistory:
+    return WorkflowHistory.from_json(path.stem, path.read_text(encoding="utf-8"))
+
+
+def test_recorded_histories_cover_every_path_of_the_workflow() -> None:
+    assert {path.stem for path in recorded_histories()} >= set(WEBHOOK_SCENARIOS) | RECORDED_BEFORE_RESENDS, (
+        "record them with: .venv/bin/python -m tests.workflows.record_histories"
+    )
+
+
+def test_the_recorded_full_schedule_has_seven_waits_on_svix_schedule_and_seven_attempts() -> None:
+    events = load_history(WEBHOOK_HISTORIES / "schedule_ran_out.json").events
+    timers = [e.timer_started_event_attributes for e in events if e.HasField("timer_started_event_attributes")]
+    attempts = [e for e in events if e.HasField("activity_task_scheduled_event_attributes")]
+    assert len(timers) == len(attempts) == len(WEBHOOK_RETRY_SCHEDULE_SECONDS) == 7
+    for timer, planned in zip(timers, WEBHOOK_RETRY_SCHEDULE_SECONDS, strict=True):
+        waited = timer.start_to_fire_timeout.ToTimedelta().total_seconds()
+        assert planned * (1 - WEBHOOK_RETRY_JITTER) <= waited <= planned * (1 + WEBHOOK_RETRY_JITTER), (waited, planned)
+
+
+@pytest.mark.parametrize("path", recorded_histories(), ids=lambda path: path.stem)
+async def test_recorded_history_replays_on_the_current_workflow_without_nondeterminism(path: Path) -> None:
+    replayer = Replayer(workflows=[WebhookRetryWorkflow])
+
+    result = await replayer.replay_workflow(load_history(path), raise_on_replay_failure=False)
+
+    assert result.replay_failure is None, f"{path.name}: {result.replay_failure!r}"
+
+
+@pytest.mark.parametrize("name", ["schedule_ran_out", "succeeded_after_failures", "eight_failed_attempts"])
+async def test_replay_fails_as_nondeterministic_when_the_retry_workflow_no_longer_waits_before_an_attempt(
+    name: str,
+) -> None:
+    replayer = Replayer(workflows=[incompatible_workflow.WebhookRetryWorkflow])
+
+    result = await replayer.replay_workflow(
+        load_history(WEBHOOK_HISTORIES / f"{name}.json"), raise_on_replay_failure=False
+    )
+
+    assert isinstance(result.replay_failure, NondeterminismError), repr(result.replay_failure)

@@ -34,7 +34,17 @@ log = logging.getLogger("ackflow")
 
 # The top-level modules of the `server` extra: a command that misses one names the install, not a traceback.
 SERVER_MODULES = frozenset(
-    {"litestar", "uvicorn", "httptools", "asyncpg", "redis", "temporalio", "websockets", "standardwebhooks"}
+    {
+        "litestar",
+        "uvicorn",
+        "httptools",
+        "asyncpg",
+        "redis",
+        "temporalio",
+        "websockets",
+        "standardwebhooks",
+        "opentelemetry",
+    }
 )
 
 
@@ -143,17 +153,21 @@ def _run_role(
     settings: Settings,
     role: Callable[[Services, asyncio.Event], Awaitable[None]],
     *,
+    name: str,
     redis: bool,
     temporal: bool,
 ) -> None:
-    """Open the connections a role needs, run it until SIGINT or SIGTERM, then close them."""
+    """Open the connections a role needs, run it until SIGINT or SIGTERM, then close them. Its traces are
+    exported as service `ackflow-<name>` if OTEL_EXPORTER_OTLP_ENDPOINT is set (ackflow/tracing.py)."""
     from ackflow.services import open_services
+    from ackflow.tracing import configured_tracing
 
     async def run(stop: asyncio.Event) -> None:
         async with open_services(settings, redis=redis, temporal=temporal) as services:
             await role(services, stop)
 
-    run_until_signalled(run)
+    with configured_tracing(f"ackflow-{name}"):
+        run_until_signalled(run)
 
 
 def _dev(args: argparse.Namespace, settings: Settings) -> None:
@@ -170,7 +184,7 @@ def _gateway(args: argparse.Namespace, settings: Settings) -> None:
     async def role(services: Services, stop: asyncio.Event) -> None:
         await run_gateway(settings, stop, pool=services.pool, redis=services.redis, tune_gc=True)
 
-    _run_role(settings, role, redis=True, temporal=False)
+    _run_role(settings, role, name="gateway", redis=True, temporal=False)
 
 
 def _relay(args: argparse.Namespace, settings: Settings) -> None:
@@ -181,7 +195,7 @@ def _relay(args: argparse.Namespace, settings: Settings) -> None:
     async def role(services: Services, stop: asyncio.Event) -> None:
         await run_relay(settings, stop, pool=services.pool, client=services.temporal, redis=services.redis)
 
-    _run_role(settings, role, redis=True, temporal=True)
+    _run_role(settings, role, name="relay", redis=True, temporal=True)
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> None:
@@ -194,7 +208,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> None:
     async def role(services: Services, stop: asyncio.Event) -> None:
         await run_worker(settings, stop, pool=services.pool, client=services.temporal, registry=registry)
 
-    _run_role(settings, role, redis=False, temporal=True)
+    _run_role(settings, role, name="worker", redis=False, temporal=True)
 
 
 def _migrate(args: argparse.Namespace, settings: Settings) -> None:

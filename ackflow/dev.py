@@ -58,7 +58,10 @@ def run_dev(state_dir: str, http_port: int, base: Settings) -> None:
             "redis_url": settings.redis_url,
             "temporal_address": settings.temporal_address,
         }
-        asyncio.run(_serve(settings, state, info))
+        from ackflow.tracing import configured_tracing
+
+        with configured_tracing("ackflow"):  # exports only if OTEL_EXPORTER_OTLP_ENDPOINT is set
+            asyncio.run(_serve(settings, state, info))
     finally:
         devstack.stop_all(servers)
         (state / "dev.json").unlink(missing_ok=True)

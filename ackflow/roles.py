@@ -96,8 +96,10 @@ async def run_relay(
     """Relay the outbox until `stop` is set; in the background, reconcile requests in flight with their
     workflows and prune finished work (ackflow.db.retention)."""
     from ackflow.db.retention import Pruner
+    from ackflow.temporal import traced
     from outbox_cdc import DeadLetterLimits, OutboxRelay, Reconciler, WorkflowAdmission
 
+    client = traced(client)
     relay = OutboxRelay(
         pool,
         settings.database_url,
@@ -128,7 +130,8 @@ async def run_relay(
 async def run_worker(
     settings: Settings, stop: asyncio.Event, *, pool: asyncpg.Pool, client: Client, registry: HandlerRegistry
 ) -> None:
-    """Run the Temporal worker until `stop` is set."""
+    """Run the Temporal worker (and the webhook dispatcher) until `stop` is set."""
+    from ackflow.temporal import traced
     from activities import run_worker as run
 
-    await run(client, pool, registry, settings, stop)
+    await run(traced(client), pool, registry, settings, stop)

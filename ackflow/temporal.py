@@ -1,4 +1,4 @@
-"""Connecting to Temporal, and the search attributes operators filter by in the Temporal UI."""
+"""Connecting to Temporal, tracing its calls, and the search attributes operators filter by in the Temporal UI."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from ackflow.contracts import (
 )
 from ackflow.errors import ServiceUnavailable
 from ackflow.settings import Settings
+from ackflow.tracing import tracing_enabled
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,20 @@ async def connect_temporal(settings: Settings) -> Client:
         raise ServiceUnavailable(
             f"cannot reach Temporal at {settings.temporal_address} (TEMPORAL_ADDRESS): {reason}"
         ) from None
+
+
+def traced(client: Client) -> Client:
+    """The client with temporalio's OpenTelemetry interceptor when tracing is on (ackflow/tracing.py):
+    its workflow starts, and the workers built on it, make StartWorkflow, RunWorkflow, StartActivity
+    and RunActivity spans, carried in Temporal's headers. The same client as given when tracing is off
+    (no interceptor: nothing to pay), or when it has the interceptor already."""
+    from temporalio.contrib.opentelemetry import TracingInterceptor
+
+    config = client.config()
+    if not tracing_enabled() or any(isinstance(i, TracingInterceptor) for i in config["interceptors"]):
+        return client
+    config["interceptors"] = [*config["interceptors"], TracingInterceptor()]
+    return Client(**config)
 
 
 async def ensure_search_attributes(client: Client) -> None:

@@ -36,6 +36,7 @@ from ackflow.contracts import (
 from ackflow.db.queries import sql
 from ackflow.db.transitions import transition, transition_many
 from ackflow.handlers import HandlerRegistry, PermanentError
+from activities.handler_spans import handler_span, record_outcome
 from activities.outcomes import OutcomeRecorder
 
 log = logging.getLogger(__name__)
@@ -86,8 +87,13 @@ class RequestActivities:
             row = await self._pool.fetchrow(sql("request_status_and_payload"), uuid.UUID(run.request_id))
             if row is None or row["status"] != PROCESSING:
                 return RunHandlerOutput(status=row and row["status"])  # ended: nothing to do
+        with handler_span(run.request_id, run.kind, row["trace_context"], tenant_id=row["tenant_id"]):
+            return await self._run_and_record(run, handler.function, row["payload"])
+
+    async def _run_and_record(self, run: RunHandlerInput, function: Any, payload: Any) -> RunHandlerOutput:
+        """run_handler's attempt, in its span: an exception it raises marks the span an error."""
         try:
-            result = await handler.function(row["payload"])
+            result = await function(payload)
         except PermanentError as exc:
             raise ApplicationError(str(exc), type="PermanentError", non_retryable=True) from None
         self._check_result(result)
@@ -101,6 +107,7 @@ class RequestActivities:
             ) from None
         if recorded is None:
             log.info("request %s ended before its handler finished; result dropped", run.request_id)
+        record_outcome(DONE if recorded is not None else "dropped")
         return RunHandlerOutput(status=DONE if recorded is not None else await self._status(run.request_id))
 
     @activity.defn(name="run_batch")
@@ -114,13 +121,14 @@ class RequestActivities:
         """
         members = {request.request_id: request for request in batch.requests}
         started = await transition_many(self._pool, [{"id": i, "status": PROCESSING} for i in members], (INIT,))
-        payloads = {str(row["id"]): row["payload"] for row in started}
-        if len(payloads) < len(members):  # the rest: PROCESSING already (a retry of this activity), or ended
-            rest = [uuid.UUID(i) for i in members if i not in payloads]
-            payloads.update(
-                {str(row["id"]): row["payload"] for row in await self._pool.fetch(sql("requests_in_progress"), rest)}
-            )
-        attempts = {i: asyncio.create_task(self._attempt(members[i], payload)) for i, payload in payloads.items()}
+        rows = {str(row["id"]): row for row in started}
+        if len(rows) < len(members):  # the rest: PROCESSING already (a retry of this activity), or ended
+            rest = [uuid.UUID(i) for i in members if i not in rows]
+            rows.update({str(row["id"]): row for row in await self._pool.fetch(sql("requests_in_progress"), rest)})
+        attempts = {
+            i: asyncio.create_task(self._traced_attempt(members[i], row["payload"], row["trace_context"]))
+            for i, row in rows.items()
+        }
         try:
             await self._watch(attempts, budget=LOCAL_BUDGET_SECONDS)
             retries = _retries([task for task in attempts.values() if task.done()])  # raises a task's error
@@ -185,6 +193,12 @@ class RequestActivities:
                 for row in await self._pool.fetch(sql("requests_ended"), still):
                     attempts[str(row["id"])].cancel()
 
+    async def _traced_attempt(
+        self, request: ProcessRequestInput, payload: Any, trace_context: str | None
+    ) -> BatchRetry | None:
+        with handler_span(request.request_id, request.kind, trace_context, tenant_id=request.tenant_id):
+            return await self._attempt(request, payload)
+
     async def _attempt(self, request: ProcessRequestInput, payload: Any) -> BatchRetry | None:
         """One request's attempt inside a batch: its outcome recorded, or a retry to hand back."""
         handler = self._registry.get(request.kind)
@@ -214,12 +228,16 @@ class RequestActivities:
             except Exception as exc:  # the handler's own failure: retried by its kind's policy
                 error = {"type": type(exc).__name__, "message": str(exc)}
             else:
-                if not await self._outcomes.record(request.request_id, DONE, result=result):
+                recorded = await self._outcomes.record(request.request_id, DONE, result=result)
+                if not recorded:
                     log.info("request %s ended before its handler finished; result dropped", request.request_id)
+                record_outcome(DONE if recorded else "dropped")
                 return None
         if retryable and options.max_attempts > 1:
+            record_outcome("retry", error)
             return BatchRetry(request.request_id, error)
         await self._outcomes.record(request.request_id, FAILED, error=error)
+        record_outcome(FAILED, error)
         return None
 
     @activity.defn(name="finish_requests")

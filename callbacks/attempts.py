@@ -25,7 +25,9 @@ import asyncpg
 from ackflow.contracts import ON_RETRY_SCHEDULE, WEBHOOK_RETRY_SCHEDULE_SECONDS, DeliveryState
 from ackflow.db.queries import sql
 from ackflow.timestamps import wire_timestamp
+from ackflow.tracing import inject
 from ackflow.webhook_secrets import new_webhook_secret
+from callbacks.attempt_spans import attempt_span, record_attempt_outcome
 from callbacks.limits import EndpointSlots
 from callbacks.sender import AttemptResult, WebhookSender
 from callbacks.successes import Success, SuccessRecorder
@@ -97,8 +99,10 @@ class WebhookAttempts:
             await self._pool.execute(sql("fail_delivery_without_attempt"), row["id"], "the endpoint is disabled")
             return AttemptOutcome(DeliveryState.FAILED, row["attempts"])
         secrets = row["secrets"] if row["endpoint_id"] is not None else [await self._tenant_secret(row["tenant_id"])]
-        result = await self._sender.send(row["url"], row["message_id"], row["body"], secrets)
-        outcome = await self._record(row, trigger, result, now or datetime.now(UTC), owner)
+        with attempt_span(row) as span:
+            result = await self._sender.send(row["url"], row["message_id"], row["body"], secrets, traceparent=inject())
+            outcome = await self._record(row, trigger, result, now or datetime.now(UTC), owner)
+            record_attempt_outcome(span, result.status_code, outcome.state, result.error)
         return outcome if outcome.recorded else await self._current(row["id"])
 
     async def _record(

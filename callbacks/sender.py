@@ -75,16 +75,20 @@ class WebhookSender:
         self._deadline_seconds = deadline_seconds
         self._resolver = Resolver()
 
-    async def send(self, url: str, message_id: str, body: str, secrets: Sequence[str]) -> AttemptResult:
+    async def send(
+        self, url: str, message_id: str, body: str, secrets: Sequence[str], *, traceparent: str | None = None
+    ) -> AttemptResult:
+        """One attempt. `traceparent`: the attempt's span (ackflow/tracing.py), sent as the W3C header so the
+        partner's own spans join the request's trace; the signature covers id, timestamp and body only."""
         started = time.monotonic()
         try:
             async with asyncio.timeout(self._deadline_seconds):
-                return await self._attempt(url, message_id, body, secrets, started)
+                return await self._attempt(url, message_id, body, secrets, started, traceparent)
         except TimeoutError:
             return AttemptResult(None, _since(started), None, f"timed out after {self._deadline_seconds:g}s")
 
     async def _attempt(
-        self, url: str, message_id: str, body: str, secrets: Sequence[str], started: float
+        self, url: str, message_id: str, body: str, secrets: Sequence[str], started: float, traceparent: str | None
     ) -> AttemptResult:
         try:
             target = await check_target(url, allow_private=self._allow_private, resolver=self._resolver)
@@ -96,6 +100,8 @@ class WebhookSender:
             **signature_headers(message_id, body, secrets),
             "host": target.host if target.port in (80, 443) else f"{target.host}:{target.port}",
         }
+        if traceparent is not None:
+            headers["traceparent"] = traceparent
         try:
             pinned_url, extensions = _pinned(target.url, target.host, target.addresses[0], target.scheme)
             request = httpx.Request("POST", pinned_url, content=body.encode(), headers=headers, extensions=extensions)

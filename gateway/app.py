@@ -18,6 +18,7 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
+from litestar.plugins import PluginProtocol
 from litestar.types import ControllerRouterHandler
 from redis.asyncio import Redis
 
@@ -25,6 +26,7 @@ from ackflow.db.pool import create_pool
 from ackflow.db.waker import OutboxWaker
 from ackflow.services import redis_client
 from ackflow.settings import Settings
+from ackflow.tracing import tracing_enabled
 from gateway.auth import ApiKeyAuthenticator
 from gateway.bodies import JsonRequest
 from gateway.capabilities import CapabilityTokens, load_signing_key
@@ -73,6 +75,7 @@ def create_app(
         request_max_body_size=settings.max_body_bytes,
         cors_config=_cors(settings),
         openapi_config=_openapi(),
+        plugins=_tracing_plugins(),
         debug=False,
         logging_config=None,  # the CLI configures logging once for every role
     )
@@ -166,6 +169,22 @@ async def _running(work: list[BackgroundWork]) -> AsyncIterator[None]:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+# Probes and scrapes, every few seconds from every prober: no span for them.
+UNTRACED_PATHS = ["^/health", "^/metrics"]
+
+
+def _tracing_plugins() -> list[PluginProtocol]:
+    """The server span of every HTTP request and WebSocket (ackflow/tracing.py), child of the client's
+    `traceparent` if it sent one; none at all unless a tracer provider is installed, so a gateway
+    that exports nothing pays nothing for it."""
+    if not tracing_enabled():
+        return []
+    from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
+
+    # No span per ASGI message: an SSE stream would make one per event sent.
+    return [OpenTelemetryPlugin(OpenTelemetryConfig(exclude=UNTRACED_PATHS, exclude_spans=["receive", "send"]))]
 
 
 def _cors(settings: Settings) -> CORSConfig | None:

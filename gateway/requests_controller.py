@@ -21,6 +21,7 @@ from ackflow.handlers import KIND_PATTERN
 from ackflow.ids import new_request_id
 from ackflow.netguard import check_target
 from ackflow.settings import Settings
+from ackflow.tracing import inject, link_current_span_to
 from gateway.auth import current_key, current_tenant, require_api_key
 from gateway.bodies import require_json_body
 from gateway.capabilities import CapabilityTokens
@@ -188,6 +189,7 @@ async def _insert_request(
             data.payload,
             callback_url=data.callback_url,
             callback_events=data.callback_events,
+            trace_context=inject(),  # the POST's server span (None when not tracing)
         )
     except asyncpg.UntranslatableCharacterError:
         # Postgres jsonb cannot hold U+0000 in a string or key; the one statement failed as a whole.
@@ -207,7 +209,9 @@ async def _load(pool: asyncpg.Pool, request_id: uuid.UUID, tenant_id: uuid.UUID)
     row = await pool.fetchrow(sql("get_request"), request_id, tenant_id)
     if row is None:
         raise NotFound(f"request {request_id} does not exist")
-    return _state(row)
+    fields = dict(row)
+    link_current_span_to(request_id, fields.pop("trace_context"))  # this GET's span names the request's trace
+    return RequestState(**fields)
 
 
 def _state(row: Any) -> RequestState:

@@ -43,6 +43,7 @@ class StreamPosition:
     status: str
     version: int
     seen_version: int
+    trace_context: str | None = None  # the request's, for the stream's span to link to
 
     @property
     def finished_for_client(self) -> bool:
@@ -78,7 +79,9 @@ class Streams:
 
     async def position(self, tenant_id: uuid.UUID, request_id: uuid.UUID, last_event_id: int) -> StreamPosition | None:
         row = await self.pool.fetchrow(sql("request_stream_position"), request_id, tenant_id, last_event_id)
-        return None if row is None else StreamPosition(row["status"], row["version"], row["seen_version"])
+        if row is None:
+            return None
+        return StreamPosition(row["status"], row["version"], row["seen_version"], row["trace_context"])
 
     def follow_request(
         self, tenant_id: uuid.UUID, request_id: uuid.UUID, seen_version: int, lease: StreamLease

@@ -26,6 +26,7 @@ from ackflow.errors import InvalidInput, NotFound, TooManyRequests
 from ackflow.handlers import KIND_PATTERN
 from ackflow.inputs import parse_digits
 from ackflow.sse import comment_frame, retry_frame
+from ackflow.tracing import link_current_span_to
 from gateway.auth import current_key, current_tenant, require_api_key, require_key_or_capability
 from gateway.capability_cors import CapabilityCors
 from gateway.services import GatewayServices
@@ -61,6 +62,7 @@ class RequestStreamsController(Controller):
         position = await streams.position(tenant_id, request_id, after)
         if position is None:
             raise NotFound(f"request {request_id} does not exist")
+        link_current_span_to(request_id, position.trace_context)
         if position.finished_for_client:
             return Response(None, status_code=204)  # tells EventSource the stream is over
         lease = await streams.open_stream(tenant_id, current_key(request))
@@ -86,6 +88,7 @@ class RequestStreamsController(Controller):
         if position is None:
             await socket.close(code=4404, reason="no such request")
             return
+        link_current_span_to(request_id, position.trace_context)
         try:
             lease = await streams.open_stream(tenant_id, current_key(socket))
         except TooManyRequests:

@@ -14,11 +14,14 @@ waiting inside Temporal, where nothing would ever tell the client.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import msgspec
+from opentelemetry.trace import StatusCode
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
@@ -44,6 +47,7 @@ from ackflow.contracts import (
 from ackflow.errors import PermanentDispatchError
 from ackflow.events import OutboxEvent
 from ackflow.temporal import KIND_KEY, KINDS_KEY, REQUEST_IDS_KEY, TENANT_KEY, TENANTS_KEY
+from ackflow.tracing import KIND, REQUEST_ID, TENANT, links_to, request_span, start_request_span, tracer
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,8 @@ PERMANENT_STATUSES = frozenset(
 )
 POLLERS_CACHE_SECONDS = 5.0
 NO_POLLERS_CACHE_SECONDS = 1.0
+DISPATCH_SPAN = "ackflow.relay.dispatch"
+DISPATCH_BATCH_SPAN = "ackflow.relay.dispatch_batch"
 
 
 class NoWorkerPolls(Exception):
@@ -105,6 +111,35 @@ def _request_input(member: dict[str, object]) -> ProcessRequestInput:
         raise PermanentDispatchError(f"the outbox row is malformed: {exc!r}") from None
 
 
+@contextlib.contextmanager
+def _dispatch_spans(members: list[dict[str, Any]]) -> Iterator[None]:
+    """The spans a batch's start runs under (ackflow/tracing.py): for a batch of one, the request's
+    `ackflow.relay.dispatch` span, a child of its stored trace context, so that the workflow and its
+    activities are in the request's trace. For a batch of several, which cannot be in every member's
+    trace, one `ackflow.relay.dispatch_batch` span linked to each member's trace, and a dispatch span
+    in each member's trace linked to it."""
+    if len(members) == 1:
+        with request_span(DISPATCH_SPAN, members[0].get("trace_context"), attributes=_attributes(members[0])):
+            yield
+        return
+    contexts = [member.get("trace_context") for member in members]
+    with tracer().start_as_current_span(DISPATCH_BATCH_SPAN, links=links_to(contexts)):
+        spans = [start_request_span(DISPATCH_SPAN, m.get("trace_context"), attributes=_attributes(m)) for m in members]
+        try:
+            yield
+        except Exception as exc:
+            for span in spans:
+                span.set_status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            for span in spans:
+                span.end()
+
+
+def _attributes(member: dict[str, Any]) -> dict[str, str]:
+    return {REQUEST_ID: str(member["request_id"]), TENANT: str(member["tenant_id"]), KIND: str(member["kind"])}
+
+
 class TemporalDispatcher:
     """The relay's Temporal routes, bound to a client."""
 
@@ -130,7 +165,8 @@ class TemporalDispatcher:
             attributes.append(SearchAttributePair(TENANT_KEY, tenants[0]))
         if len(kinds) == 1:
             attributes.append(SearchAttributePair(KIND_KEY, kinds[0]))
-        await self._start(PROCESS_BATCH_WORKFLOW, batch, workflow_id, event, attributes)
+        with _dispatch_spans(event.payload["requests"]):
+            await self._start(PROCESS_BATCH_WORKFLOW, batch, workflow_id, event, attributes)
 
     async def start_request(self, event: OutboxEvent) -> None:
         """`request.accepted` admitted before batches (a relay died holding it): start ProcessRequestWorkflow

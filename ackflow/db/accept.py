@@ -19,9 +19,11 @@ async def accept_request(
     *,
     callback_url: str | None = None,
     callback_events: list[str] | None = None,
+    trace_context: str | None = None,
 ) -> asyncpg.Record | None:
-    """Commit the request (INIT), its first event and its outbox row; None if no worker handles `kind`."""
+    """Commit the request (INIT), its first event and its outbox row; None if no worker handles `kind`.
+    `trace_context`: the W3C traceparent of the span that accepted it (ackflow/tracing.py), or None."""
     row: asyncpg.Record | None = await db.fetchrow(
-        sql("accept_request"), request_id, tenant_id, kind, payload, callback_url, callback_events
+        sql("accept_request"), request_id, tenant_id, kind, payload, callback_url, callback_events, trace_context
     )
     return row

@@ -2,12 +2,13 @@
 
 -- name: accept_request
 -- The whole accept path in one statement: the request, its first event and its outbox row,
--- only if a worker has registered the kind (no row back means an unknown kind).
+-- only if a worker has registered the kind (no row back means an unknown kind). $7: the POST's
+-- W3C traceparent (NULL when not tracing), the parent of every span of the request (ackflow/tracing.py).
 WITH handler AS (
     SELECT task_queue, options FROM handler_kinds WHERE kind = $3
 ), request AS (
-    INSERT INTO requests (id, tenant_id, kind, status, version, payload, callback_url, callback_events)
-    SELECT $1, $2, $3, 'INIT', 1, $4::jsonb, $5, $6 FROM handler
+    INSERT INTO requests (id, tenant_id, kind, status, version, payload, callback_url, callback_events, trace_context)
+    SELECT $1, $2, $3, 'INIT', 1, $4::jsonb, $5, $6, $7 FROM handler
     RETURNING *
 ), event AS (
     INSERT INTO request_events (request_id, tenant_id, topic, status, version, data)
@@ -24,7 +25,8 @@ SELECT id, kind, status, version, created_at FROM request;
 -- name: transition_request
 -- One status change = one statement: requests + request_events + outbox. Only moves forward:
 -- the row changes only if its status is one of $3. No row back means it was not in such a status.
--- A move to PROCESSING also returns the payload, which the handler runs on next (one read fewer).
+-- A move to PROCESSING also returns the payload, which the handler runs on next (one read fewer),
+-- and the request's trace context, the parent of the handler's span.
 WITH changed AS (
     UPDATE requests
        SET status = $2, version = version + 1, updated_at = now(),
@@ -40,19 +42,22 @@ WITH changed AS (
     INSERT INTO outbox (topic, tenant_id, request_id, event_id, payload)
     SELECT topic, tenant_id, request_id, id, data FROM event
 )
-SELECT c.id, c.status, c.version, e.id AS event_id, CASE WHEN $2 = 'PROCESSING' THEN c.payload END AS payload
+SELECT c.id, c.status, c.version, e.id AS event_id, CASE WHEN $2 = 'PROCESSING' THEN c.payload END AS payload,
+       c.tenant_id, CASE WHEN $2 = 'PROCESSING' THEN c.trace_context END AS trace_context
   FROM changed c, event e;
 
 -- name: get_request
 -- workflow_id: the batch's workflow; requests started before batches ran in `request-<id>`.
+-- trace_context: for the GET's span to link to (not part of the answer).
 SELECT id, kind, status, version, payload, result, error, created_at, updated_at, completed_at,
-       coalesce(workflow_id, CASE WHEN admitted_at IS NOT NULL THEN 'request-' || id::text END) AS workflow_id
+       coalesce(workflow_id, CASE WHEN admitted_at IS NOT NULL THEN 'request-' || id::text END) AS workflow_id,
+       trace_context
   FROM requests WHERE id = $1 AND tenant_id = $2;
 
 -- name: transition_requests
 -- Many status changes in one statement, as transition_request does one: $1 is a JSON array of
 -- {id, status, result, error}; each request moves only if its status is one of $2. Returns the rows
--- that moved (with the payload on a move to PROCESSING, which the handler runs on next).
+-- that moved (with the payload and trace context on a move to PROCESSING, which the handler runs on next).
 WITH wanted AS (
     SELECT * FROM jsonb_to_recordset($1::jsonb) AS w (id uuid, status text, result jsonb, error jsonb)
 ), changed AS (
@@ -71,12 +76,13 @@ WITH wanted AS (
     INSERT INTO outbox (topic, tenant_id, request_id, event_id, payload)
     SELECT topic, tenant_id, request_id, id, data FROM event
 )
-SELECT c.id, c.status, c.version, e.id AS event_id, CASE WHEN c.status = 'PROCESSING' THEN c.payload END AS payload
+SELECT c.id, c.status, c.version, e.id AS event_id, CASE WHEN c.status = 'PROCESSING' THEN c.payload END AS payload,
+       CASE WHEN c.status = 'PROCESSING' THEN c.trace_context END AS trace_context
   FROM changed c JOIN event e ON e.request_id = c.id;
 
 -- name: requests_in_progress
 -- Of requests $1, those PROCESSING already (a batch run again after its worker died), with payloads.
-SELECT id, payload FROM requests WHERE id = ANY ($1::uuid[]) AND status = 'PROCESSING';
+SELECT id, payload, trace_context FROM requests WHERE id = ANY ($1::uuid[]) AND status = 'PROCESSING';
 
 -- name: requests_ended
 -- Of requests $1, those no longer PROCESSING (cancelled while their batch runs, say).
@@ -87,7 +93,7 @@ SELECT status, cancel_requested_at FROM requests WHERE id = $1;
 
 -- name: request_status_and_payload
 -- A handler's retry finds its request PROCESSING already, and runs on the payload read here.
-SELECT status, payload FROM requests WHERE id = $1;
+SELECT status, payload, tenant_id, trace_context FROM requests WHERE id = $1;
 
 -- name: lock_request
 SELECT id, status, tenant_id FROM requests WHERE id = $1 AND tenant_id = $2 FOR UPDATE;
@@ -216,7 +222,7 @@ SELECT secret FROM made UNION ALL SELECT secret FROM signing_keys WHERE name = $
 -- name: request_stream_position
 -- Where a stream of one request starts: its status and version now, and the version of the event
 -- the client saw last ($3 = Last-Event-ID, 0 for none). No row: no such request for this tenant.
-SELECT r.status, r.version,
+SELECT r.status, r.version, r.trace_context,
        (SELECT coalesce(max(e.version), 0) FROM request_events e WHERE e.request_id = r.id AND e.id <= $3)
            AS seen_version
   FROM requests r
@@ -315,7 +321,8 @@ SELECT d.id, d.tenant_id, d.endpoint_id, d.message_id, coalesce(e.url, d.url) AS
        d.single_attempt, e.enabled AS endpoint_enabled, e.deleted_at AS endpoint_deleted_at,
        ARRAY(SELECT secret FROM webhook_secrets s
               WHERE s.endpoint_id = d.endpoint_id AND (s.expires_at IS NULL OR s.expires_at > now())
-              ORDER BY s.id DESC) AS secrets
+              ORDER BY s.id DESC) AS secrets,
+       (SELECT r.trace_context FROM requests r WHERE r.id = d.request_id) AS trace_context
   FROM claimed d LEFT JOIN webhook_endpoints e ON e.id = d.endpoint_id;
 
 -- name: extend_webhook_leases
@@ -327,11 +334,13 @@ UPDATE webhook_deliveries
 -- name: delivery_for_attempt
 -- The endpoint's current url: a resend after the partner fixed its url goes to the fixed one. The
 -- endpoint's active signing secrets, newest first (none for a callback_url: the tenant's secret signs).
+-- trace_context: its request's, the parent of the attempt's span (NULL for a test delivery).
 SELECT d.id, d.tenant_id, d.endpoint_id, d.message_id, coalesce(e.url, d.url) AS url, d.body, d.state, d.attempts,
        d.single_attempt, e.enabled AS endpoint_enabled, e.deleted_at AS endpoint_deleted_at,
        ARRAY(SELECT secret FROM webhook_secrets s
               WHERE s.endpoint_id = d.endpoint_id AND (s.expires_at IS NULL OR s.expires_at > now())
-              ORDER BY s.id DESC) AS secrets
+              ORDER BY s.id DESC) AS secrets,
+       (SELECT r.trace_context FROM requests r WHERE r.id = d.request_id) AS trace_context
   FROM webhook_deliveries d LEFT JOIN webhook_endpoints e ON e.id = d.endpoint_id
  WHERE d.id = $1;
 

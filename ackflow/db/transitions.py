@@ -21,7 +21,7 @@ async def transition(
     error: dict[str, Any] | None = None,
 ) -> asyncpg.Record | None:
     """Move the request to `to_status` if it is in one of `from_statuses`; its new row if it moved
-    (id, status, version, event_id, and payload on a move to PROCESSING), else None.
+    (id, status, version, event_id, tenant_id, and payload and trace_context on a move to PROCESSING), else None.
 
     Guarded by the status it moves from, so a retried or late caller can never move a request
     backwards or record a second outcome: the first terminal status wins.

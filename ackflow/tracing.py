@@ -165,6 +165,20 @@ def request_span(
         yield span
 
 
+@contextlib.contextmanager
+def in_trace_of(trace_context: str | None) -> Iterator[None]:
+    """Make the stored context current for the block (the spans it starts join the request's trace);
+    no change if it names no span."""
+    if span_context_of(trace_context) is None:
+        yield
+        return
+    token = otel_context.attach(extract(trace_context))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
 def link_current_span_to(request_id: object, trace_context: str | None) -> None:
     """Name the request on the current span (a later GET or stream of it), linked to the request's trace."""
     span = trace.get_current_span()

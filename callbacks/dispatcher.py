@@ -33,6 +33,7 @@ from ackflow.contracts import DeliveryState
 from ackflow.db.listen import WEBHOOKS_CHANNEL
 from ackflow.db.pool import POSTGRES_ERRORS
 from ackflow.db.queries import sql
+from ackflow.tracing import in_trace_of
 from callbacks.attempts import Ownership, WebhookAttempts
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,8 @@ class WebhookDispatcher:
         trigger = "manual" if row["single_attempt"] else "first" if row["attempts"] == 0 else "retry"
         outcome = await self._attempts.attempt_claimed(row, trigger=trigger, owner=self._owner)
         if outcome.recorded and outcome.state == DeliveryState.HANDOFF:  # failed, may be retried
-            await self._hand_off(row["id"], DeliveryState.HANDOFF, outcome.attempt, outcome.retry_after)
+            with in_trace_of(row["trace_context"]):  # the retry workflow's spans join the request's trace
+                await self._hand_off(row["id"], DeliveryState.HANDOFF, outcome.attempt, outcome.retry_after)
 
     async def _hand_off(
         self, delivery_id: uuid.UUID, state: DeliveryState, attempts: int, retry_after: float | None

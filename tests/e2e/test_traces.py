@@ -130,11 +130,11 @@ async def test_one_post_makes_one_connected_trace_through_gateway_relay_workflow
     assert _parent_id(dispatch) == post.context.span_id
     assert dispatch.attributes is not None and dispatch.attributes["ackflow.request_id"] == request_id
     [start] = _named(in_trace, "StartWorkflow:ProcessBatchWorkflow")
-    assert _parent_id(start) == dispatch.context.span_id  # type: ignore[union-attr]
+    assert _parent_id(start) == dispatch.context.span_id
     assert _named(in_trace, "RunWorkflow:ProcessBatchWorkflow")
     [run_batch] = _named(in_trace, "RunActivity:run_batch")
     [handler] = _named(in_trace, "ackflow.handler echo")
-    assert _parent_id(handler) == run_batch.context.span_id  # type: ignore[union-attr]
+    assert _parent_id(handler) == run_batch.context.span_id
     assert handler.attributes is not None
     assert handler.attributes["ackflow.request_id"] == request_id and handler.attributes["ackflow.kind"] == "echo"
     assert handler.attributes["ackflow.tenant"] and handler.status.status_code == StatusCode.OK
@@ -146,7 +146,7 @@ async def test_one_post_makes_one_connected_trace_through_gateway_relay_workflow
     assert {(s.attributes or {}).get("ackflow.webhook.endpoint_id") for s in attempts} == {endpoint["id"]}
     assert [s.status.status_code for s in attempts] == [StatusCode.ERROR, StatusCode.OK]
     assert _parent_id(attempts[0]) == post.context.span_id, "the dispatcher's first attempt: a child of the POST"
-    retry_parent = by_id[_parent_id(attempts[1])]  # type: ignore[index]
+    retry_parent = by_id[_parent_id(attempts[1])]
     assert retry_parent.name.startswith("RunActivity:"), "the retry workflow's attempt: under its activity"
 
     sent = [r.headers.get("traceparent") for r in receiver.received]

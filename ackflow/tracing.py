@@ -159,7 +159,11 @@ def request_span(
     kind: SpanKind = SpanKind.INTERNAL,
     attributes: Attributes = None,
 ) -> Iterator[Span]:
-    """`start_request_span`, current for the block and ended after it (an exception marks it an error)."""
+    """`start_request_span`, current for the block and ended after it (an exception marks it an error).
+    Without a provider, the no-op span and nothing else: not even the stored context is parsed."""
+    if not tracing_enabled():
+        yield trace.INVALID_SPAN
+        return
     span = start_request_span(name, trace_context, kind=kind, attributes=attributes)
     with trace.use_span(span, end_on_exit=True):
         yield span

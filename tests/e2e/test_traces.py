@@ -79,6 +79,13 @@ def _named(found: list[ReadableSpan], name: str) -> list[ReadableSpan]:
     return [s for s in found if s.name == name]
 
 
+def _succeeded(found: list[ReadableSpan]) -> ReadableSpan:
+    """The one span that did not fail among spans of a step that may have been retried (the relay's
+    first dispatch may find no worker polling yet: it is an error span, and tried again)."""
+    [succeeded] = [s for s in found if s.status.status_code != StatusCode.ERROR]
+    return succeeded
+
+
 def _parent_id(span: ReadableSpan) -> int | None:
     return None if span.parent is None else span.parent.span_id
 
@@ -126,8 +133,9 @@ async def test_one_post_makes_one_connected_trace_through_gateway_relay_workflow
         assert trace.format_trace_id(stored.trace_id) == CLIENT_TRACE_ID
     _assert_connected(in_trace, post, int(CLIENT_SPAN_ID, 16) if client_traced else None)
 
-    [dispatch] = _named(in_trace, "ackflow.relay.dispatch")
-    assert _parent_id(dispatch) == post.context.span_id
+    dispatches = _named(in_trace, "ackflow.relay.dispatch")
+    assert {_parent_id(s) for s in dispatches} == {post.context.span_id}
+    dispatch = _succeeded(dispatches)
     assert dispatch.attributes is not None and dispatch.attributes["ackflow.request_id"] == request_id
     [start] = _named(in_trace, "StartWorkflow:ProcessBatchWorkflow")
     assert _parent_id(start) == dispatch.context.span_id
@@ -155,8 +163,9 @@ async def test_one_post_makes_one_connected_trace_through_gateway_relay_workflow
         received.verify(endpoint["secret"])  # the signature does not cover (nor break on) the header
 
 
+@pytest.mark.parametrize("path", ["", "/events"], ids=["status", "event stream"])
 async def test_a_later_get_of_the_request_is_a_span_naming_it_and_linked_to_its_trace(
-    http: httpx.AsyncClient, spans: SpanRecorder, pool: asyncpg.Pool
+    http: httpx.AsyncClient, spans: SpanRecorder, pool: asyncpg.Pool, path: str
 ) -> None:
     response = await http.post("/v1/requests", json={"kind": "echo", "payload": {}})
     request_id = str(response.json()["id"])
@@ -164,7 +173,8 @@ async def test_a_later_get_of_the_request_is_a_span_naming_it_and_linked_to_its_
     stored = await _stored_context(pool, request_id)
     spans.clear()
 
-    assert (await http.get(f"/v1/requests/{request_id}")).status_code == 200
+    answer = await http.get(f"/v1/requests/{request_id}{path}")  # the stream of an ended request ends too
+    assert answer.status_code == 200 and answer.content
 
     async def the_get() -> list[ReadableSpan]:
         return [s for s in spans.finished() if s.kind == SpanKind.SERVER and s.name.startswith("GET")]
@@ -173,6 +183,18 @@ async def test_a_later_get_of_the_request_is_a_span_naming_it_and_linked_to_its_
     assert get.attributes is not None and get.attributes["ackflow.request_id"] == request_id
     assert [(link.context.trace_id, link.context.span_id) for link in get.links] == [(stored.trace_id, stored.span_id)]
     assert get.context is not None and get.context.trace_id != stored.trace_id, "a trace of its own, linked"
+
+
+async def test_health_probes_make_no_span(http: httpx.AsyncClient, spans: SpanRecorder) -> None:
+    spans.clear()
+    assert (await http.get("/health/live")).status_code == 200
+    assert (await http.get("/v1/requests")).status_code == 200  # a span, so the probe's absence means something
+
+    async def listed() -> bool:
+        return any(s.name.startswith("GET") for s in spans.finished())
+
+    await assert_eventually(listed, message="the listing made no span")
+    assert [s.name for s in spans.finished() if "/health" in s.name] == []
 
 
 async def test_each_request_of_a_batch_of_several_has_its_handler_and_webhook_in_its_own_trace(
@@ -197,7 +219,7 @@ async def test_each_request_of_a_batch_of_several_has_its_handler_and_webhook_in
                 await wait_for_status(http, request_id, {"DONE"})
             await assert_eventually(lambda: _received(receiver, 3), timeout=30, message="the webhooks did not arrive")
 
-    [batch] = _named(list(spans.finished()), "ackflow.relay.dispatch_batch")
+    batch = _succeeded(_named(list(spans.finished()), "ackflow.relay.dispatch_batch"))
     assert batch.context is not None
     stored = [await _stored_context(pool, request_id) for request_id in ids]
     assert sorted((link.context.trace_id, link.context.span_id) for link in batch.links) == sorted(
@@ -205,7 +227,7 @@ async def test_each_request_of_a_batch_of_several_has_its_handler_and_webhook_in
     ), "the batch's dispatch links to every member's trace"
     for request_id, context in zip(ids, stored, strict=True):
         in_trace = _trace_of(spans, context.trace_id)
-        [dispatch] = _named(in_trace, "ackflow.relay.dispatch")
+        dispatch = _succeeded(_named(in_trace, "ackflow.relay.dispatch"))
         assert _parent_id(dispatch) == context.span_id
         assert [link.context.span_id for link in dispatch.links] == [batch.context.span_id]
         [handler] = _named(in_trace, "ackflow.handler echo")

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import functools
 import gc
+import re
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -173,6 +174,7 @@ async def _running(work: list[BackgroundWork]) -> AsyncIterator[None]:
 
 # Probes and scrapes, every few seconds from every prober: no span for them.
 UNTRACED_PATHS = ["^/health", "^/metrics"]
+_ID_SEGMENT = re.compile(r"/[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}(?=/|$)")
 
 
 def _tracing_plugins() -> list[PluginProtocol]:
@@ -183,8 +185,21 @@ def _tracing_plugins() -> list[PluginProtocol]:
         return []
     from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 
-    # No span per ASGI message: an SSE stream would make one per event sent.
-    return [OpenTelemetryPlugin(OpenTelemetryConfig(exclude=UNTRACED_PATHS, exclude_spans=["receive", "send"]))]
+    config = OpenTelemetryConfig(
+        exclude=UNTRACED_PATHS,
+        exclude_spans=["receive", "send"],  # no span per ASGI message: an SSE stream would make one per event
+        scope_span_details_extractor=_span_details,
+    )
+    return [OpenTelemetryPlugin(config)]
+
+
+def _span_details(scope: Any) -> tuple[str, dict[str, Any]]:
+    """The span's name and route: the path with its ids as `{id}` (`GET /v1/requests/{id}/events`), as
+    span names must not grow with every request (the span is made before routing, so by hand)."""
+    route = _ID_SEGMENT.sub("/{id}", str(scope.get("path", "")).strip())
+    method = str(scope.get("method", "")).strip()
+    name = f"{method} {route}" if method else route  # a WebSocket has no method
+    return name, {"http.route": route}
 
 
 def _cors(settings: Settings) -> CORSConfig | None:

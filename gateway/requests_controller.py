@@ -61,6 +61,7 @@ class RequestsController(Controller):
         key = parse_key(request.headers.get("idempotency-key"), request.method, request.url.path, await request.body())
         if key is None:
             row = await _insert_request(services.pool, tenant_id, data)
+            link_current_span_to(row["id"], None)  # the POST's span names the request it made
             services.outbox_waker.wake()
             return _accepted(_accepted_body(row, request, services.capability_tokens), settings)
         async with claim_key(services.pool, tenant_id, key, ttl_seconds=settings.idempotency_ttl_seconds) as claim:
@@ -69,6 +70,7 @@ class RequestsController(Controller):
                 response.headers["Idempotent-Replayed"] = "true"
                 return response
             row = await _insert_request(claim.connection, tenant_id, data)
+            link_current_span_to(row["id"], None)
             body = _accepted_body(row, request, services.capability_tokens)
             await claim.remember(row["id"], 202, body)
         services.outbox_waker.wake()

@@ -129,6 +129,7 @@ async def test_one_post_makes_one_connected_trace_through_gateway_relay_workflow
 
     [post] = [s for s in in_trace if s.kind == SpanKind.SERVER and s.name.startswith("POST")]
     assert post.context is not None and post.context.span_id == stored.span_id, "the accept stored the POST's span"
+    assert post.attributes is not None and post.attributes["ackflow.request_id"] == request_id
     if client_traced:
         assert trace.format_trace_id(stored.trace_id) == CLIENT_TRACE_ID
     _assert_connected(in_trace, post, int(CLIENT_SPAN_ID, 16) if client_traced else None)
@@ -180,6 +181,7 @@ async def test_a_later_get_of_the_request_is_a_span_naming_it_and_linked_to_its_
         return [s for s in spans.finished() if s.kind == SpanKind.SERVER and s.name.startswith("GET")]
 
     [get] = await assert_eventually(the_get, message="the GET made no span")
+    assert get.name == f"GET /v1/requests/{{id}}{path}", "named by its route, not by the request's id"
     assert get.attributes is not None and get.attributes["ackflow.request_id"] == request_id
     assert [(link.context.trace_id, link.context.span_id) for link in get.links] == [(stored.trace_id, stored.span_id)]
     assert get.context is not None and get.context.trace_id != stored.trace_id, "a trace of its own, linked"

@@ -4,6 +4,7 @@ the handler and every webhook attempt, recorded in memory (tests/tracing.py) acr
 from __future__ import annotations
 
 import contextlib
+import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -12,6 +13,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+import websockets
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
@@ -185,6 +187,29 @@ async def test_a_later_get_of_the_request_is_a_span_naming_it_and_linked_to_its_
     assert get.attributes is not None and get.attributes["ackflow.request_id"] == request_id
     assert [(link.context.trace_id, link.context.span_id) for link in get.links] == [(stored.trace_id, stored.span_id)]
     assert get.context is not None and get.context.trace_id != stored.trace_id, "a trace of its own, linked"
+
+
+async def test_a_websocket_of_the_request_is_a_span_naming_it_and_linked_to_its_trace(
+    http: httpx.AsyncClient, spans: SpanRecorder, pool: asyncpg.Pool, settings: Settings
+) -> None:
+    accepted = (await http.post("/v1/requests", json={"kind": "echo", "payload": {}})).json()
+    request_id = str(accepted["id"])
+    await wait_for_status(http, request_id, {"DONE"})
+    stored = await _stored_context(pool, request_id)
+
+    url = f"ws://127.0.0.1:{settings.http_port}{accepted['links']['events'].replace('/events?', '/ws?')}"
+    async with websockets.connect(url) as socket:
+        received = [json.loads(raw) async for raw in socket]
+    assert received[-1]["event"] == "request.done"
+
+    async def the_socket() -> list[ReadableSpan]:
+        return [s for s in spans.finished() if s.name == "/v1/requests/{id}/ws"]
+
+    [opened] = await assert_eventually(the_socket, message="the WebSocket made no span")
+    assert opened.attributes is not None and opened.attributes["ackflow.request_id"] == request_id
+    assert [(link.context.trace_id, link.context.span_id) for link in opened.links] == [
+        (stored.trace_id, stored.span_id)
+    ]
 
 
 async def test_health_probes_make_no_span(http: httpx.AsyncClient, spans: SpanRecorder) -> None:

@@ -18,7 +18,7 @@ from ackflow.tracing import OUTCOME, request_span
 
 DELIVERY_ID = "ackflow.webhook.delivery_id"
 ENDPOINT_ID = "ackflow.webhook.endpoint_id"
-ATTEMPT = "ackflow.webhook.attempt"
+ATTEMPT = "ackflow.webhook.attempt_number"
 STATUS_CODE = "http.response.status_code"  # OpenTelemetry's semantic convention
 
 
@@ -29,7 +29,7 @@ def attempt_span(row: Mapping[str, Any]) -> Iterator[Span]:
     if row["endpoint_id"] is not None:
         attributes[ENDPOINT_ID] = str(row["endpoint_id"])
     with request_span(
-        "ackflow.webhook.attempt", row["trace_context"], kind=SpanKind.CLIENT, attributes=attributes
+        "ackflow.webhook.attempt", row.get("trace_context"), kind=SpanKind.CLIENT, attributes=attributes
     ) as span:
         yield span
 

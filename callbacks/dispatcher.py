@@ -143,7 +143,7 @@ class WebhookDispatcher:
         trigger = "manual" if row["single_attempt"] else "first" if row["attempts"] == 0 else "retry"
         outcome = await self._attempts.attempt_claimed(row, trigger=trigger, owner=self._owner)
         if outcome.recorded and outcome.state == DeliveryState.HANDOFF:  # failed, may be retried
-            with in_trace_of(row["trace_context"]):  # the retry workflow's spans join the request's trace
+            with in_trace_of(row.get("trace_context")):  # the retry workflow's spans join the request's trace
                 await self._hand_off(row["id"], DeliveryState.HANDOFF, outcome.attempt, outcome.retry_after)
 
     async def _hand_off(

@@ -153,7 +153,7 @@ async def test_one_post_makes_one_connected_trace_through_gateway_relay_workflow
     attempts = sorted(_named(in_trace, "ackflow.webhook.attempt"), key=lambda s: s.start_time or 0)
     assert [s.kind for s in attempts] == [SpanKind.CLIENT, SpanKind.CLIENT]
     assert [(s.attributes or {}).get("http.response.status_code") for s in attempts] == [500, 200]
-    assert [(s.attributes or {}).get("ackflow.webhook.attempt") for s in attempts] == [1, 2]
+    assert [(s.attributes or {}).get("ackflow.webhook.attempt_number") for s in attempts] == [1, 2]
     assert {(s.attributes or {}).get("ackflow.webhook.endpoint_id") for s in attempts} == {endpoint["id"]}
     assert [s.status.status_code for s in attempts] == [StatusCode.ERROR, StatusCode.OK]
     assert _parent_id(attempts[0]) == post.context.span_id, "the dispatcher's first attempt: a child of the POST"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -130,3 +131,28 @@ def test_a_process_that_configured_no_tracing_adds_no_tracing_middleware_to_the_
     )
     ran = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False)
     assert ran.returncode == 0 and ran.stdout.strip() == "untraced", ran.stderr
+
+
+def test_a_role_process_that_configures_tracing_exports_its_spans_when_it_stops(
+    no_otel_environment: None, collector: Collector
+) -> None:
+    """As the CLI runs a role: configured_tracing installs the provider, and flushes it at the end."""
+    probe = (
+        "from ackflow.tracing import configured_tracing, request_span, tracing_enabled\n"
+        "with configured_tracing('ackflow-worker'):\n"
+        "    assert tracing_enabled()\n"
+        "    with request_span('ackflow.handler echo', None):\n"
+        "        pass\n"
+    )
+    environment = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": collector.url}
+    ran = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False, env=environment
+    )
+    assert ran.returncode == 0, ran.stderr
+
+    [(path, _, body)] = collector.received
+    [resource_spans] = ExportTraceServiceRequest.FromString(body).resource_spans
+    names = [s.name for scope in resource_spans.scope_spans for s in scope.spans]
+    assert path == "/v1/traces" and names == ["ackflow.handler echo"]
+    service = {a.key: a.value.string_value for a in resource_spans.resource.attributes}["service.name"]
+    assert service == "ackflow-worker"

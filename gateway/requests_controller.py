@@ -94,7 +94,7 @@ class RequestsController(Controller):
         state = await _load(services.pool, request_id, tenant_id)
         if wait and state.status not in TERMINAL_STATUSES:
             await _wait_until_terminal(services, request, request_id, wait)
-            state = await _load(services.pool, request_id, tenant_id)
+            state = await _load(services.pool, request_id, tenant_id, linked=True)
         if state.status not in TERMINAL_STATUSES:
             headers["Retry-After"] = str(services.settings.retry_after_seconds)
         return Response(state, headers=headers)
@@ -207,12 +207,18 @@ async def _insert_request(
     return row
 
 
-async def _load(pool: asyncpg.Pool, request_id: uuid.UUID, tenant_id: uuid.UUID) -> RequestState:
+async def _load(
+    pool: asyncpg.Pool, request_id: uuid.UUID, tenant_id: uuid.UUID, *, linked: bool = False
+) -> RequestState:
+    """The request's state; the current span (its GET's, its cancel's) names it and links to its trace,
+    unless `linked` already (the second read of a long poll)."""
     row = await pool.fetchrow(sql("get_request"), request_id, tenant_id)
     if row is None:
         raise NotFound(f"request {request_id} does not exist")
     fields = dict(row)
-    link_current_span_to(request_id, fields.pop("trace_context"))  # this GET's span names the request's trace
+    trace_context = fields.pop("trace_context")
+    if not linked:
+        link_current_span_to(request_id, trace_context)
     return RequestState(**fields)
 
 

@@ -189,6 +189,23 @@ async def test_a_later_get_of_the_request_is_a_span_naming_it_and_linked_to_its_
     assert get.context is not None and get.context.trace_id != stored.trace_id, "a trace of its own, linked"
 
 
+async def test_a_long_poll_of_the_request_is_one_span_linked_once_to_its_trace(
+    http: httpx.AsyncClient, spans: SpanRecorder, pool: asyncpg.Pool
+) -> None:
+    response = await http.post("/v1/requests", json={"kind": "sleep", "payload": {"seconds": 0.5}})
+    request_id = str(response.json()["id"])
+    stored = await _stored_context(pool, request_id)
+
+    polled = await http.get(f"/v1/requests/{request_id}", params={"wait": 20})  # read before and after the wait
+    assert polled.json()["status"] == "DONE"
+
+    async def the_poll() -> list[ReadableSpan]:
+        return [s for s in spans.finished() if s.name == "GET /v1/requests/{id}"]
+
+    [poll] = await assert_eventually(the_poll, message="the long poll made no span")
+    assert [(link.context.trace_id, link.context.span_id) for link in poll.links] == [(stored.trace_id, stored.span_id)]
+
+
 async def test_a_websocket_of_the_request_is_a_span_naming_it_and_linked_to_its_trace(
     http: httpx.AsyncClient, spans: SpanRecorder, pool: asyncpg.Pool, settings: Settings
 ) -> None:

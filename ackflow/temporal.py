@@ -57,10 +57,12 @@ def traced(client: Client) -> Client:
     its workflow starts, and the workers built on it, make StartWorkflow, RunWorkflow, StartActivity
     and RunActivity spans, carried in Temporal's headers. The same client as given when tracing is off
     (no interceptor: nothing to pay), or when it has the interceptor already."""
+    if not tracing_enabled():
+        return client
     from temporalio.contrib.opentelemetry import TracingInterceptor
 
     config = client.config()
-    if not tracing_enabled() or any(isinstance(i, TracingInterceptor) for i in config["interceptors"]):
+    if any(isinstance(i, TracingInterceptor) for i in config["interceptors"]):
         return client
     config["interceptors"] = [*config["interceptors"], TracingInterceptor()]
     return Client(**config)

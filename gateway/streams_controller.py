@@ -87,7 +87,7 @@ class RequestStreamsController(Controller):
             await socket.close(code=4404, reason="no such request")
             return
         try:
-            lease = await streams.open_stream(tenant_id, current_key(socket))
+            lease = await streams.open_stream(tenant_id, current_key(socket), "websocket")
         except TooManyRequests:
             await socket.close(code=WS_1013_TRY_AGAIN_LATER, reason="too many open streams for this tenant")
             return

@@ -162,6 +162,7 @@ async def test_every_role_exports_the_catalogue_and_real_traffic_moves_its_metri
         after = await scrape_all(roles)
 
     _assert_gateway_counted(before["gateway"], after["gateway"])
+    assert relay is not None
     _assert_relay_counted(before["relay"], relay)
     _assert_worker_counted(before["worker"], after["worker"])
 

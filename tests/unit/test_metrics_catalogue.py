@@ -34,9 +34,7 @@ def exposed_families() -> dict[str, str]:
 
 def test_every_catalogue_metric_is_registered_with_its_type_and_labels() -> None:
     exposed = exposed_families()
-    by_name = {
-        metric._name + ("_total" if metric._type == "counter" else ""): metric for metric in ackflow_metrics()
-    }
+    by_name = {metric._name + ("_total" if metric._type == "counter" else ""): metric for metric in ackflow_metrics()}
     for name, (kind, labels) in CATALOGUE.items():
         assert exposed.get(name) == kind, f"{name} is not exposed as a {kind}"
         assert tuple(by_name[name]._labelnames) == labels, name

@@ -35,7 +35,17 @@ log = logging.getLogger("ackflow")
 
 # The top-level modules of the `server` extra: a command that misses one names the install, not a traceback.
 SERVER_MODULES = frozenset(
-    {"litestar", "uvicorn", "httptools", "asyncpg", "redis", "temporalio", "websockets", "standardwebhooks"}
+    {
+        "litestar",
+        "uvicorn",
+        "httptools",
+        "asyncpg",
+        "redis",
+        "temporalio",
+        "websockets",
+        "standardwebhooks",
+        "prometheus_client",
+    }
 )
 
 

@@ -3,14 +3,17 @@ ACKFLOW_METRICS_PORT is set, and only with the bearer token when ACKFLOW_METRICS
 
 from __future__ import annotations
 
+import socket
 from dataclasses import replace
 
 import asyncpg
 import httpx
+import pytest
 from redis.asyncio import Redis
 from temporalio.client import Client
 
 from ackflow import devstack
+from ackflow.errors import ConfigurationError
 from ackflow.handlers import HandlerRegistry
 from ackflow.metrics.serve import serving_metrics
 from ackflow.settings import Settings
@@ -69,3 +72,13 @@ async def test_with_a_metrics_port_the_gateway_serves_metrics_only_there_and_gua
     assert elsewhere.status_code == 404
     assert page.value("ackflow_dependency_up", dependency="redis") == 1
     assert not devstack.port_open(settings.metrics_port or 0)  # stopped with the block
+
+
+async def test_a_metrics_port_already_taken_is_one_error_naming_the_variable(settings: Settings) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings = replace(settings, metrics_port=taken.getsockname()[1])
+        with pytest.raises(ConfigurationError, match=r"^ACKFLOW_METRICS_PORT=\d+ on ACKFLOW_METRICS_HOST=127\.0\.0\.1"):
+            async with serving_metrics(settings):
+                pass

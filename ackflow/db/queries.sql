@@ -812,11 +812,12 @@ SELECT EXISTS (SELECT 1 FROM d) AS owned, EXISTS (SELECT 1 FROM leased) AS taken
 -- name: stage_health
 -- Each stage's backlog at a glance (ackflow/db/stage_health.py), one row per figure: the stage, its
 -- key (a topic, a tenant's name, a delivery state, or ''), a count, and for waiting rows the age of
--- the oldest in seconds. (Stage names have an underscore, so none reads as a delivery state.) Every
--- part reads a partial index or a small table, so scraping it each few seconds costs Postgres
--- little: outbox rows not dead-lettered (oldest by created_at), dead letters, requests in flight
--- (admitted, not ended) and waiting for admission (accepted rows neither claimed nor dead),
--- unfinished and failed webhook deliveries, endpoints disabled and not deleted.
+-- the oldest in seconds. (Stage names have an underscore, so none reads as a delivery state.) Each
+-- part but the first reads a partial index or a small table; the first reads the outbox, a queue
+-- that is small unless work is backed up (then it is what an operator wants counted). Run when the
+-- relay is scraped, at most once a second: outbox rows not dead-lettered (oldest by created_at),
+-- dead letters, requests in flight (admitted, not ended) and waiting for admission (accepted rows
+-- neither claimed nor dead), unfinished and failed webhook deliveries, endpoints disabled.
 SELECT 'outbox_rows' AS stage, topic AS key, count(*) AS n, extract(epoch FROM now() - min(created_at))::float8 AS oldest
   FROM outbox WHERE dead_at IS NULL GROUP BY topic
 UNION ALL

@@ -7,6 +7,7 @@
     ackflow tenant create NAME | set-rate NAME N         a tenant and its first API key (printed once); its rate
     ackflow tenant set-weight NAME W                     its weight in the fair sharing of admission
     ackflow outbox [--dead] | retry ID | drop ID         outbox rows by age and error (dead letters with --dead)
+    ackflow status [--json]                              each stage's backlog at a glance
     ackflow key create TENANT | list TENANT | revoke TENANT PREFIX   API keys
 
 Errors ackflow expects (bad config, a service down, a port taken, the server extra not installed)
@@ -44,6 +45,7 @@ SERVER_MODULES = frozenset(
         "websockets",
         "standardwebhooks",
         "opentelemetry",
+        "prometheus_client",
     }
 )
 
@@ -118,6 +120,10 @@ def _parser() -> argparse.ArgumentParser:
         parser_.add_argument("id", type=int)
         parser_.set_defaults(run=run)
 
+    status = commands.add_parser("status", help="each stage's health: outbox, admission, webhooks, dead letters")
+    status.add_argument("--json", action="store_true", help="print JSON for scripts instead of aligned text")
+    status.set_defaults(run=_status)
+
     key = commands.add_parser("key", help="manage API keys")
     key_commands = key.add_subparsers(dest="key_command", required=True, metavar="ACTION")
     key_create = key_commands.add_parser("create", help="a new API key for a tenant (printed once)")
@@ -159,11 +165,13 @@ def _run_role(
 ) -> None:
     """Open the connections a role needs, run it until SIGINT or SIGTERM, then close them. Its traces are
     exported as service `ackflow-<name>` if OTEL_EXPORTER_OTLP_ENDPOINT is set (ackflow/tracing.py)."""
+    from ackflow.metrics.serve import serving_metrics
     from ackflow.services import open_services
     from ackflow.tracing import configured_tracing
 
     async def run(stop: asyncio.Event) -> None:
-        async with open_services(settings, redis=redis, temporal=temporal) as services:
+        # With ACKFLOW_METRICS_PORT, the role's /metrics on a port of its own, stopped with the role.
+        async with open_services(settings, redis=redis, temporal=temporal) as services, serving_metrics(settings):
             await role(services, stop)
 
     with configured_tracing(f"ackflow-{name}"):
@@ -339,6 +347,15 @@ async def _outbox_row(connection: Any, row_id: int) -> Any:
     if row is None:
         raise NotFound(f"no outbox row has id {row_id}")
     return row
+
+
+def _status(args: argparse.Namespace, settings: Settings) -> None:
+    from ackflow.status import print_status
+
+    async def run(connection: Any) -> None:
+        await print_status(connection, as_json=args.json)
+
+    _with_database(settings, run)
 
 
 def _key_create(args: argparse.Namespace, settings: Settings) -> None:

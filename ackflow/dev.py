@@ -57,6 +57,7 @@ def run_dev(state_dir: str, http_port: int, base: Settings) -> None:
             "database_url": settings.database_url,
             "redis_url": settings.redis_url,
             "temporal_address": settings.temporal_address,
+            "metrics_url": _metrics_url(settings),
         }
         from ackflow.tracing import configured_tracing
 
@@ -88,6 +89,7 @@ async def _serve(settings: Settings, state: Path, info: dict[str, Any]) -> None:
     from ackflow.db.migrate import migrate
     from ackflow.db.pool import connect
     from ackflow.handlers import load_handler_modules
+    from ackflow.metrics.serve import serving_metrics
     from ackflow.roles import run_gateway, run_relay, run_worker
     from ackflow.services import open_services
 
@@ -102,7 +104,7 @@ async def _serve(settings: Settings, state: Path, info: dict[str, Any]) -> None:
     finally:
         await connection.close()
     registry = load_handler_modules(settings.handler_modules)
-    async with open_services(settings, redis=True, temporal=True) as services:
+    async with open_services(settings, redis=True, temporal=True) as services, serving_metrics(settings):
         roles = [
             asyncio.create_task(run_gateway(settings, stop, pool=services.pool, redis=services.redis)),
             asyncio.create_task(
@@ -141,6 +143,13 @@ async def _dev_api_key(connection: Any, state: Path) -> str:
     return new_key.key
 
 
+def _metrics_url(settings: Settings) -> str:
+    """Where /metrics is: the API's port, or ACKFLOW_METRICS_HOST:PORT when set."""
+    if settings.metrics_port is None:
+        return f"http://{settings.http_host}:{settings.http_port}/metrics"
+    return f"http://{settings.metrics_host}:{settings.metrics_port}/metrics"
+
+
 def _banner(info: dict[str, Any], kinds: list[str]) -> str:
     api = info["api_url"]
     return f"""
@@ -149,6 +158,7 @@ def _banner(info: dict[str, Any], kinds: list[str]) -> str:
     Browser page   {api}/   (submit a request and watch it live)
     OpenAPI docs   {api}/schema
     Temporal UI    {info["temporal_ui_url"]}
+    Metrics        {info["metrics_url"]}   (every role's: they all run in this process)
     API key        {info["api_key"]}
     handler kinds  {", ".join(kinds)}
     (the same as JSON in dev.json of the state dir; Ctrl-C stops everything)

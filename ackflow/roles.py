@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -23,6 +24,8 @@ from redis.asyncio import Redis
 from ackflow.contracts import STATUS_TOPICS, TOPIC_ACCEPTED, TOPIC_BATCH, TOPIC_CANCEL_REQUESTED
 from ackflow.events import Route
 from ackflow.handlers import HandlerRegistry
+from ackflow.metrics import REFRESH, Refresher, dependency_check
+from ackflow.metrics.stages import stage_health_refresher
 from ackflow.settings import Settings
 
 if TYPE_CHECKING:  # the gateway's process never loads the Temporal client
@@ -113,12 +116,15 @@ async def run_relay(
         listen=settings.outbox_notify,
     )
     reconciler = Reconciler(pool, client, interval_seconds=settings.reconcile_seconds)
+    # The relay alone reports the stage health read from Postgres (ackflow/metrics/stages.py).
+    refreshers = (*_dependency_checks(pool, client, redis), stage_health_refresher(pool))
     background = [
         asyncio.create_task(reconciler.run(stop), name="reconcile"),
         asyncio.create_task(Pruner.from_settings(pool, settings).run(stop), name="retention"),
     ]
     try:
-        await relay.run(stop)
+        with REFRESH.refreshing(*refreshers):
+            await relay.run(stop)
     finally:
         for task in background:
             task.cancel()  # a prune batch under way rolls back: the next pass deletes it
@@ -134,4 +140,16 @@ async def run_worker(
     from ackflow.temporal import traced
     from activities import run_worker as run
 
-    await run(traced(client), pool, registry, settings, stop)
+    with REFRESH.refreshing(*_dependency_checks(pool, client)):
+        await run(traced(client), pool, registry, settings, stop)
+
+
+def _dependency_checks(pool: asyncpg.Pool, client: Client, redis: Redis | None = None) -> list[Refresher]:
+    """Scrape-time checks of what a relay or worker uses: SELECT 1, a Temporal health check, a Redis PING."""
+    checks = [
+        dependency_check("postgres", functools.partial(pool.fetchval, "SELECT 1")),
+        dependency_check("temporal", client.service_client.check_health),
+    ]
+    if redis is not None:
+        checks.append(dependency_check("redis", redis.ping))
+    return checks

@@ -73,6 +73,11 @@ class Settings:
     retain_deleted_endpoints_days: float = 30.0
     prune_interval_seconds: float = 300.0
     prune_batch_size: int = 500
+    # Metrics (ackflow/metrics): a role's own /metrics port (None: the gateway serves it on its HTTP
+    # port, relay and worker not at all); the bearer token that guards it, kept out of repr and logs.
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    metrics_token: str = field(default="", repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -190,6 +195,9 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "retain_deleted_endpoints_days": ("ACKFLOW_RETAIN_DELETED_ENDPOINTS_DAYS", _days),
     "prune_interval_seconds": ("ACKFLOW_PRUNE_INTERVAL_SECONDS", float),
     "prune_batch_size": ("ACKFLOW_PRUNE_BATCH_SIZE", int),
+    "metrics_port": ("ACKFLOW_METRICS_PORT", lambda raw: _at_most(int(raw), 65535)),
+    "metrics_host": ("ACKFLOW_METRICS_HOST", str),
+    "metrics_token": ("ACKFLOW_METRICS_TOKEN", str),
 }
 
 _HINTS = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -36,6 +37,7 @@ from ackflow.contracts import (
 from ackflow.db.queries import sql
 from ackflow.db.transitions import transition, transition_many
 from ackflow.handlers import HandlerRegistry, PermanentError
+from activities.handler_runs import handler_ran, outcome_of, run_once
 from activities.handler_spans import handler_span, record_outcome
 from activities.outcomes import OutcomeRecorder
 
@@ -91,11 +93,20 @@ class RequestActivities:
             return await self._run_and_record(run, handler.function, row["payload"])
 
     async def _run_and_record(self, run: RunHandlerInput, function: Any, payload: Any) -> RunHandlerOutput:
-        """run_handler's attempt, in its span: an exception it raises marks the span an error."""
+        """run_handler's attempt, in its span (an exception it raises marks the span an error) and timed."""
+        started = time.perf_counter()
         try:
             result = await function(payload)
         except PermanentError as exc:
+            handler_ran(run.kind, "failed", started)
             raise ApplicationError(str(exc), type="PermanentError", non_retryable=True) from None
+        except asyncio.CancelledError:
+            handler_ran(run.kind, "cancelled", started)
+            raise
+        except Exception:  # Temporal retries the activity by the kind's policy
+            handler_ran(run.kind, "retry", started)
+            raise
+        handler_ran(run.kind, "done", started)
         self._check_result(result)
         try:
             recorded = await transition(self._pool, run.request_id, DONE, (PROCESSING,), result=result)
@@ -203,31 +214,19 @@ class RequestActivities:
         """One request's attempt inside a batch: its outcome recorded, or a retry to hand back."""
         handler = self._registry.get(request.kind)
         options = request.handler or self._options_for(request.kind)
-        error: dict[str, Any]
-        retryable = True
+        error: dict[str, Any] | None
         if handler is None:
-            error, retryable = (
-                {"type": "UnknownKind", "message": f"no handler for kind {request.kind!r} on this worker"},
-                False,
-            )
+            error = {"type": "UnknownKind", "message": f"no handler for kind {request.kind!r} on this worker"}
+            retryable = False
         else:
-            timer = asyncio.timeout(options.start_to_close_seconds)
+            started = time.perf_counter()
             try:
-                async with timer:
-                    result = await handler.function(payload)
-                self._check_result(result)
-            except PermanentError as exc:
-                error, retryable = {"type": "PermanentError", "message": str(exc)}, False
-            except ApplicationError as exc:
-                error, retryable = {"type": exc.type or "HandlerError", "message": exc.message}, not exc.non_retryable
-            except TimeoutError as exc:
-                if not timer.expired():
-                    error = {"type": type(exc).__name__, "message": str(exc)}
-                else:
-                    error = {"type": "Timeout", "message": "handler timed out (START_TO_CLOSE)"}
-            except Exception as exc:  # the handler's own failure: retried by its kind's policy
-                error = {"type": type(exc).__name__, "message": str(exc)}
-            else:
+                result, error, retryable = await run_once(handler, options, payload, self._check_result)
+            except asyncio.CancelledError:  # its request ended meanwhile, or its activity was cancelled
+                handler_ran(request.kind, "cancelled", started)
+                raise
+            handler_ran(request.kind, outcome_of(error, retryable, options), started)
+            if error is None:
                 recorded = await self._outcomes.record(request.request_id, DONE, result=result)
                 if not recorded:
                     log.info("request %s ended before its handler finished; result dropped", request.request_id)

@@ -24,6 +24,7 @@ from email.utils import parsedate_to_datetime
 import httpx
 
 from ackflow.inputs import parse_digits
+from ackflow.metrics import WEBHOOK_ATTEMPT_DURATION, WEBHOOK_ATTEMPTS
 from ackflow.netguard import Resolver, UnsafeUrl, check_target
 from callbacks.signing import signature_headers
 
@@ -43,6 +44,7 @@ class AttemptResult:
     response_body: str | None
     error: str | None
     retry_after: float | None = None
+    outcome: str = "error"  # delivered | rejected (a non-2xx answer) | timeout | error | refused (netguard)
 
     @property
     def succeeded(self) -> bool:
@@ -78,14 +80,20 @@ class WebhookSender:
     async def send(
         self, url: str, message_id: str, body: str, secrets: Sequence[str], *, traceparent: str | None = None
     ) -> AttemptResult:
-        """One attempt. `traceparent`: the attempt's span (ackflow/tracing.py), sent as the W3C header so the
-        partner's own spans join the request's trace; the signature covers id, timestamp and body only."""
+        """One attempt; counted by outcome and timed (ackflow_webhook_attempts_total, ..._duration_seconds).
+        `traceparent`: the attempt's span (ackflow/tracing.py), sent as the W3C header so the partner's own
+        spans join the request's trace; the signature covers id, timestamp and body only."""
         started = time.monotonic()
         try:
             async with asyncio.timeout(self._deadline_seconds):
-                return await self._attempt(url, message_id, body, secrets, started, traceparent)
+                result = await self._attempt(url, message_id, body, secrets, started, traceparent)
         except TimeoutError:
-            return AttemptResult(None, _since(started), None, f"timed out after {self._deadline_seconds:g}s")
+            result = AttemptResult(
+                None, _since(started), None, f"timed out after {self._deadline_seconds:g}s", outcome="timeout"
+            )
+        WEBHOOK_ATTEMPTS.labels(outcome=result.outcome).inc()
+        WEBHOOK_ATTEMPT_DURATION.observe(time.monotonic() - started)
+        return result
 
     async def _attempt(
         self, url: str, message_id: str, body: str, secrets: Sequence[str], started: float, traceparent: str | None
@@ -93,7 +101,7 @@ class WebhookSender:
         try:
             target = await check_target(url, allow_private=self._allow_private, resolver=self._resolver)
         except UnsafeUrl as refused:
-            return AttemptResult(None, _since(started), None, f"refused: {refused.detail}")
+            return AttemptResult(None, _since(started), None, f"refused: {refused.detail}", outcome="refused")
         headers = {
             "content-type": "application/json",
             "user-agent": USER_AGENT,
@@ -111,12 +119,14 @@ class WebhookSender:
             finally:
                 await response.aclose()  # a body left unread: httpcore closes the connection, never drains it
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            return AttemptResult(None, _since(started), None, f"{type(exc).__name__}: {exc}"[:500])
+            outcome = "timeout" if isinstance(exc, httpx.TimeoutException) else "error"
+            return AttemptResult(None, _since(started), None, f"{type(exc).__name__}: {exc}"[:500], outcome=outcome)
         # Postgres text cannot hold NUL: an excerpt with one could never be recorded (and would be resent).
         excerpt = content.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
         retry_after = _retry_after(response) if response.status_code in (429, 503) else None
         error = None if response.is_success else f"HTTP {response.status_code}"
-        return AttemptResult(response.status_code, _since(started), excerpt, error, retry_after)
+        outcome = "delivered" if response.is_success else "rejected"
+        return AttemptResult(response.status_code, _since(started), excerpt, error, retry_after, outcome)
 
 
 async def _excerpt(response: httpx.Response) -> bytes:

@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 
 from ackflow.db.pool import create_pool
 from ackflow.db.waker import OutboxWaker
+from ackflow.metrics import REFRESH, dependency_check
 from ackflow.services import redis_client
 from ackflow.settings import Settings
 from ackflow.tracing import tracing_enabled
@@ -34,6 +35,7 @@ from gateway.capabilities import CapabilityTokens, load_signing_key
 from gateway.deliveries_controller import DeliveriesController
 from gateway.health import HealthController
 from gateway.hub import Hub
+from gateway.metrics_page import metrics_page
 from gateway.open_streams import OpenStreams
 from gateway.page import index_page, static_asset
 from gateway.problems import EXCEPTION_HANDLERS, not_found_page_as_problem
@@ -64,7 +66,7 @@ def create_app(
     redis = redis or redis_client(settings)
     hub = Hub(redis)
     return Litestar(
-        route_handlers=_route_handlers(),
+        route_handlers=_route_handlers(settings),
         # The hub runs inside the lifespan (entered after it, left before).
         lifespan=[_lifespan(settings, redis, hub, pool=pool, own_redis=own_redis, tune_gc=tune_gc), hub],
         dependencies={
@@ -82,8 +84,11 @@ def create_app(
     )
 
 
-def _route_handlers() -> list[ControllerRouterHandler]:
+def _route_handlers(settings: Settings) -> list[ControllerRouterHandler]:
+    # /metrics is here unless the gateway has a metrics port of its own (ACKFLOW_METRICS_PORT).
+    metrics: list[ControllerRouterHandler] = [metrics_page] if settings.metrics_port is None else []
     return [
+        *metrics,
         RequestsController,
         RequestStreamsController,
         TenantStreamsController,
@@ -114,10 +119,15 @@ def _lifespan(
         try:
             # The API-key guard reads it from app.state; everything else is `services`.
             app.state.authenticator, app.state.services, background = await _build_services(settings, db, redis, hub)
-            async with _running(background):
-                if tune_gc:
-                    tune_garbage_collector()
-                yield
+            checks = (
+                dependency_check("postgres", functools.partial(db.fetchval, "SELECT 1")),
+                dependency_check("redis", redis.ping),
+            )
+            with REFRESH.refreshing(*checks):
+                async with _running(background):
+                    if tune_gc:
+                        tune_garbage_collector()
+                    yield
         finally:
             if own_redis:
                 await redis.aclose()

@@ -41,6 +41,7 @@ class ApiKeyAuthenticator:
         self._cache_seconds = cache_seconds
         self._cache: dict[bytes, tuple[uuid.UUID, uuid.UUID, float]] = {}
         self._active: dict[uuid.UUID, tuple[uuid.UUID, float]] = {}  # key id -> tenant, for capability tokens
+        self._names: dict[uuid.UUID, str] = {}  # tenant id -> name, for metrics' labels (as many as tenants)
 
     def forget(self, key_hash: bytes | None = None) -> None:
         """Drop one cached key (revoked), or every cached key (revocations may have been missed).
@@ -91,7 +92,12 @@ class ApiKeyAuthenticator:
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[digest] = (row["tenant_id"], row["id"], now + self._cache_seconds)
+        self._names[row["tenant_id"]] = row["name"]
         return row["tenant_id"], row["id"]
+
+    def tenant_name(self, tenant_id: uuid.UUID) -> str | None:
+        """The name of a tenant whose key this gateway authenticated (None for any other)."""
+        return self._names.get(tenant_id)
 
     async def active_key_tenant(self, key_id: uuid.UUID) -> uuid.UUID | None:
         """The tenant of key `key_id` if it is still active, else None (cached like keys)."""

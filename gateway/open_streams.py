@@ -24,6 +24,7 @@ import asyncpg
 from ackflow.db.pool import POSTGRES_ERRORS
 from ackflow.db.queries import sql
 from ackflow.errors import TooManyRequests
+from ackflow.metrics import STREAMS_OPEN
 from gateway.hub import Subscription
 from gateway.stream_limit import StreamLimit
 
@@ -33,9 +34,16 @@ log = logging.getLogger(__name__)
 class StreamLease:
     """One open stream: `revoked` once the key that opened it is revoked; `release()` when it ends."""
 
-    def __init__(self, tenant_id: uuid.UUID, key_id: uuid.UUID, on_release: Callable[[StreamLease], None]) -> None:
+    def __init__(
+        self,
+        tenant_id: uuid.UUID,
+        key_id: uuid.UUID,
+        on_release: Callable[[StreamLease], None],
+        transport: str = "sse",
+    ) -> None:
         self.tenant_id = tenant_id
         self.key_id = key_id
+        self.transport = transport  # sse | websocket | long_poll: ackflow_streams_open's label
         self.revoked = False
         self.member: str | None = None  # the stream's lease in Redis, when it counts against the limit
         self._subscription: Subscription | None = None
@@ -74,8 +82,9 @@ class OpenStreams:
         self._by_key: collections.defaultdict[uuid.UUID, set[StreamLease]] = collections.defaultdict(set)
         self._releasing: set[asyncio.Task[None]] = set()
 
-    async def open(self, tenant_id: uuid.UUID, key_id: uuid.UUID) -> StreamLease:
-        """A lease for a new stream, or TooManyRequests if the tenant has its limit open on all gateways."""
+    async def open(self, tenant_id: uuid.UUID, key_id: uuid.UUID, transport: str = "sse") -> StreamLease:
+        """A lease for a new stream (SSE or WebSocket), or TooManyRequests if the tenant has its limit
+        open on all gateways."""
         refused = TooManyRequests(
             f"this tenant already has {self.max_per_tenant} open streams; close some first", retry_after=5
         )
@@ -85,14 +94,15 @@ class OpenStreams:
         if member is None:
             raise refused
         self._counted[tenant_id] += 1
-        lease = self.watch_key(tenant_id, key_id)
+        lease = self.watch_key(tenant_id, key_id, transport)
         lease.member = member
         return lease
 
-    def watch_key(self, tenant_id: uuid.UUID, key_id: uuid.UUID) -> StreamLease:
-        """A lease that only watches for the key's revocation (a long poll: not counted)."""
-        lease = StreamLease(tenant_id, key_id, self._released)
+    def watch_key(self, tenant_id: uuid.UUID, key_id: uuid.UUID, transport: str = "long_poll") -> StreamLease:
+        """A lease that only watches for the key's revocation (a long poll: not counted against the limit)."""
+        lease = StreamLease(tenant_id, key_id, self._released, transport)
         self._by_key[key_id].add(lease)
+        STREAMS_OPEN.labels(transport=transport).inc()
         return lease
 
     def revoke(self, key_ids: Iterable[uuid.UUID]) -> None:
@@ -118,6 +128,7 @@ class OpenStreams:
                 log.warning("could not re-check the keys of open streams (%s); retrying", exc)
 
     def _released(self, lease: StreamLease) -> None:
+        STREAMS_OPEN.labels(transport=lease.transport).dec()
         leases = self._by_key.get(lease.key_id)
         if leases is not None:
             leases.discard(lease)

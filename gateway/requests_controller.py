@@ -22,6 +22,7 @@ from ackflow.ids import new_request_id
 from ackflow.netguard import check_target
 from ackflow.settings import Settings
 from ackflow.tracing import inject, link_current_span_to
+from gateway.accept_metrics import AcceptMetrics, note_kind
 from gateway.auth import current_key, current_tenant, require_api_key
 from gateway.bodies import require_json_body
 from gateway.capabilities import CapabilityTokens
@@ -40,7 +41,14 @@ class RequestsController(Controller):
     guards = [require_api_key]
     tags = ["requests"]
 
-    @post("/", status_code=202, summary="Accept a request", responses=None, guards=[require_json_body])
+    @post(
+        "/",
+        status_code=202,
+        summary="Accept a request",
+        responses=None,
+        guards=[require_json_body],
+        middleware=[AcceptMetrics()],
+    )
     async def accept(
         self,
         request: Request[Any, Any, Any],
@@ -54,6 +62,7 @@ class RequestsController(Controller):
         the same request gets the original answer and creates nothing.
         """
         tenant_id, settings = current_tenant(request), services.settings
+        note_kind(request.state, data.kind)
         _check_depth(data.payload, settings.max_json_depth)
         await services.rate_limiter.check(tenant_id)
         if data.callback_url is not None:

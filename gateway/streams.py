@@ -72,10 +72,10 @@ class Streams:
         self.poll_seconds = poll_seconds
         self.open_streams = open_streams
 
-    async def open_stream(self, tenant_id: uuid.UUID, key_id: uuid.UUID) -> StreamLease:
+    async def open_stream(self, tenant_id: uuid.UUID, key_id: uuid.UUID, transport: str = "sse") -> StreamLease:
         """Count a stream against the tenant's limit (all gateways); `release()` the lease when it ends."""
         assert self.open_streams is not None, "a gateway's Streams has open_streams"
-        return await self.open_streams.open(tenant_id, key_id)
+        return await self.open_streams.open(tenant_id, key_id, transport)
 
     async def position(self, tenant_id: uuid.UUID, request_id: uuid.UUID, last_event_id: int) -> StreamPosition | None:
         row = await self.pool.fetchrow(sql("request_stream_position"), request_id, tenant_id, last_event_id)

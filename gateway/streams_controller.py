@@ -90,7 +90,7 @@ class RequestStreamsController(Controller):
             return
         link_current_span_to(request_id, position.trace_context)
         try:
-            lease = await streams.open_stream(tenant_id, current_key(socket))
+            lease = await streams.open_stream(tenant_id, current_key(socket), "websocket")
         except TooManyRequests:
             await socket.close(code=WS_1013_TRY_AGAIN_LATER, reason="too many open streams for this tenant")
             return

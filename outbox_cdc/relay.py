@@ -32,7 +32,9 @@ from ackflow.db.queries import sql
 from ackflow.db.transitions import fail_unstarted
 from ackflow.errors import PermanentDispatchError
 from ackflow.events import OutboxEvent, Route
+from ackflow.metrics import OUTBOX_DEAD_LETTERED, RELAY_DISPATCH_ERRORS
 from outbox_cdc.admission import WorkflowAdmission
+from outbox_cdc.lag import observe_lag
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +134,9 @@ class OutboxRelay:
         for event, error in zip(events, outcomes, strict=True):
             if error is None:
                 dispatched.append(event)
-            elif isinstance(error, PermanentDispatchError) or self._dead_letters.exceeded(event, now):
+                continue
+            RELAY_DISPATCH_ERRORS.labels(topic=event.topic).inc()
+            if isinstance(error, PermanentDispatchError) or self._dead_letters.exceeded(event, now):
                 dead.append((event, describe(error)))
             else:
                 postponed.append((event, describe(error), min(MAX_BACKOFF_SECONDS, 0.5 * 2**event.attempts)))
@@ -145,6 +149,7 @@ class OutboxRelay:
             [error for _, error, _ in postponed],
             [delay for _, _, delay in postponed],
         )
+        observe_lag(dispatched)
         for event, reason in dead:
             await self._dead_letter(event, reason)
         if postponed:  # step again when the first of them is due, not only at the next poll
@@ -158,6 +163,7 @@ class OutboxRelay:
             dead = await connection.fetchrow(sql("dead_letter_outbox"), event.id, error, event.claimed_until)
             if dead is None:
                 return  # this relay's lease ran out and another relay holds the row now: it decides
+            OUTBOX_DEAD_LETTERED.labels(topic=event.topic).inc()
             failure = {"type": "DispatchFailed", "message": f"the request's workflow could not be started: {error}"}
             await fail_unstarted(connection, dead, failure)
 

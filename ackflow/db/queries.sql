@@ -120,7 +120,10 @@ SELECT id, kind, status, version, payload, result, error, created_at, updated_at
  LIMIT $5;
 
 -- name: tenant_for_key
-SELECT tenant_id, id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL;
+-- The key's tenant (first: `ackflow dev` reads it alone), the key's id, and the tenant's name (metrics' label).
+SELECT k.tenant_id, k.id, t.name
+  FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
+ WHERE k.key_hash = $1 AND k.revoked_at IS NULL;
 
 -- name: create_tenant
 INSERT INTO tenants (id, name) VALUES ($1, $2) RETURNING id;
@@ -814,3 +817,34 @@ WITH d AS (
 )
 SELECT EXISTS (SELECT 1 FROM d) AS owned, EXISTS (SELECT 1 FROM leased) AS taken,
        (SELECT (1 - tokens) / rate FROM room WHERE tokens < 1) AS token_in_seconds;
+
+-- name: stage_health
+-- Each stage's backlog at a glance (ackflow/db/stage_health.py), one row per figure: the stage, its
+-- key (a topic, a tenant's name, a delivery state, or ''), a count, and for waiting rows the age of
+-- the oldest in seconds. (Stage names have an underscore, so none reads as a delivery state.) Each
+-- part but the first reads a partial index or a small table; the first reads the outbox, a queue
+-- that is small unless work is backed up (then it is what an operator wants counted). Run when the
+-- relay is scraped, at most once a second: outbox rows not dead-lettered (oldest by created_at),
+-- dead letters, requests in flight (admitted, not ended) and waiting for admission (accepted rows
+-- neither claimed nor dead), unfinished and failed webhook deliveries, endpoints disabled.
+SELECT 'outbox_rows' AS stage, topic AS key, count(*) AS n, extract(epoch FROM now() - min(created_at))::float8 AS oldest
+  FROM outbox WHERE dead_at IS NULL GROUP BY topic
+UNION ALL
+SELECT 'dead_letters', '', count(*), NULL FROM outbox WHERE dead_at IS NOT NULL
+UNION ALL
+SELECT 'in_flight', t.name, f.n, NULL
+  FROM (SELECT tenant_id, count(*) AS n FROM requests
+         WHERE admitted_at IS NOT NULL AND completed_at IS NULL GROUP BY tenant_id) f
+  JOIN tenants t ON t.id = f.tenant_id
+UNION ALL
+SELECT 'waiting_admission', t.name, w.n, w.oldest
+  FROM (SELECT tenant_id, count(*) AS n, extract(epoch FROM now() - min(created_at))::float8 AS oldest FROM outbox
+         WHERE topic = 'request.accepted' AND dead_at IS NULL AND claimed_until IS NULL GROUP BY tenant_id) w
+  JOIN tenants t ON t.id = w.tenant_id
+UNION ALL
+SELECT 'delivery_states', state, count(*), NULL FROM webhook_deliveries
+ WHERE state NOT IN ('succeeded', 'failed') GROUP BY state
+UNION ALL
+SELECT 'delivery_states', 'failed', count(*), NULL FROM webhook_deliveries WHERE state = 'failed'
+UNION ALL
+SELECT 'endpoints_disabled', '', count(*), NULL FROM webhook_endpoints WHERE NOT enabled AND deleted_at IS NULL;

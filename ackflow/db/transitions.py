@@ -9,6 +9,7 @@ import asyncpg
 
 from ackflow.contracts import FAILED, INIT, TOPIC_ACCEPTED, TOPIC_BATCH, TOPIC_FOR_STATUS
 from ackflow.db.queries import sql
+from ackflow.metrics import STATUS_TRANSITIONS
 
 
 async def transition(
@@ -26,7 +27,7 @@ async def transition(
     Guarded by the status it moves from, so a retried or late caller can never move a request
     backwards or record a second outcome: the first terminal status wins.
     """
-    return await db.fetchrow(
+    row = await db.fetchrow(
         sql("transition_request"),
         request_id if isinstance(request_id, uuid.UUID) else uuid.UUID(request_id),
         to_status,
@@ -35,6 +36,9 @@ async def transition(
         error,
         TOPIC_FOR_STATUS[to_status],
     )
+    if row is not None:  # counted once the statement ran; a transaction rolled back later still counts
+        STATUS_TRANSITIONS.labels(status=to_status).inc()
+    return row
 
 
 async def transition_many(
@@ -49,7 +53,10 @@ async def transition_many(
     wanted = [
         {"id": str(c["id"]), "status": c["status"], "result": c.get("result"), "error": c.get("error")} for c in changes
     ]
-    return list(await db.fetch(sql("transition_requests"), wanted, list(from_statuses)))
+    moved = list(await db.fetch(sql("transition_requests"), wanted, list(from_statuses)))
+    for row in moved:
+        STATUS_TRANSITIONS.labels(status=row["status"]).inc()
+    return moved
 
 
 async def fail_unstarted(db: asyncpg.Pool | asyncpg.Connection, row: asyncpg.Record, error: dict[str, Any]) -> None:

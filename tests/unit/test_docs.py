@@ -14,6 +14,7 @@ BENCH_README = README.parent / "bench" / "README.md"
 BANNER_INFO = {
     "api_url": "http://127.0.0.1:8000",
     "temporal_ui_url": "http://127.0.0.1:41233",
+    "metrics_url": "http://127.0.0.1:8000/metrics",
     "api_key": "ak_1f2e3d4c_...",
 }
 EXAMPLE_KINDS = ["echo", "fail", "sleep"]
@@ -43,7 +44,7 @@ def test_every_default_the_readme_gives_is_the_settings_default() -> None:
     by_variable = {variable: (name, parse) for name, (variable, parse) in _ENV.items()}
     defaults = Settings()
     documented = documented_defaults()
-    with_a_default = {variable for name, (variable, _) in _ENV.items() if getattr(defaults, name) not in ("", ())}
+    with_a_default = {variable for name, (variable, _) in _ENV.items() if getattr(defaults, name) not in ("", (), None)}
     assert with_a_default <= {variable for variable, _ in documented}, "give each setting's default in the table"
     wrong = []
     for variable, raw in documented:

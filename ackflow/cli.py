@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ackflow.errors import AckflowError
+from ackflow.logs import configure_logging
 from ackflow.settings import Settings
 
 if TYPE_CHECKING:  # the base install (the client) has none of the server's packages
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     try:
         settings = Settings.from_env()
-        logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        configure_logging(settings, default_format=getattr(args, "log_format", "text"))
         args.run(args, settings)
     except AckflowError as exc:
         print(f"ackflow: error: {exc}", file=sys.stderr)
@@ -78,7 +79,9 @@ def _parser() -> argparse.ArgumentParser:
         ("migrate", _migrate, "apply database migrations"),
         ("prune", _prune, "delete finished work past its retention now (one pass; relays also do it)"),
     ):
-        commands.add_parser(name, help=text).set_defaults(run=run)
+        # The long-running roles log JSON lines for a log pipeline; the one-shot commands, text for a person.
+        log_format = "json" if name in ("gateway", "relay", "worker") else "text"
+        commands.add_parser(name, help=text).set_defaults(run=run, log_format=log_format)
 
     tenant = commands.add_parser("tenant", help="manage tenants")
     tenant_commands = tenant.add_subparsers(dest="tenant_command", required=True, metavar="ACTION")

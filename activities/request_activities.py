@@ -36,6 +36,7 @@ from ackflow.contracts import (
 from ackflow.db.queries import sql
 from ackflow.db.transitions import transition, transition_many
 from ackflow.handlers import HandlerRegistry, PermanentError
+from ackflow.logs import bind_log_context, log_context
 from activities.outcomes import OutcomeRecorder
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class RequestActivities:
     @activity.defn(name="start_processing")
     async def start_processing(self, start: StartProcessingInput) -> StartProcessingOutput:
         """INIT -> PROCESSING. Says not to proceed if the request already ended (cancelled before start)."""
+        bind_log_context(request_id=start.request_id)
         if await transition(self._pool, start.request_id, PROCESSING, (INIT,)) is None:
             status = await self._status(start.request_id)
             if status in TERMINAL_STATUSES or status is None:
@@ -76,6 +78,7 @@ class RequestActivities:
 
         A request that already ended (cancelled before its handler started) is left alone.
         """
+        bind_log_context(request_id=run.request_id)
         handler = self._registry.get(run.kind)
         if handler is None:
             raise ApplicationError(
@@ -120,7 +123,9 @@ class RequestActivities:
             payloads.update(
                 {str(row["id"]): row["payload"] for row in await self._pool.fetch(sql("requests_in_progress"), rest)}
             )
-        attempts = {i: asyncio.create_task(self._attempt(members[i], payload)) for i, payload in payloads.items()}
+        attempts = {
+            i: asyncio.create_task(self._logged_attempt(members[i], payload)) for i, payload in payloads.items()
+        }
         try:
             await self._watch(attempts, budget=LOCAL_BUDGET_SECONDS)
             retries = _retries([task for task in attempts.values() if task.done()])  # raises a task's error
@@ -185,6 +190,11 @@ class RequestActivities:
                 for row in await self._pool.fetch(sql("requests_ended"), still):
                     attempts[str(row["id"])].cancel()
 
+    async def _logged_attempt(self, request: ProcessRequestInput, payload: Any) -> BatchRetry | None:
+        """`_attempt`, its log lines naming the request and tenant (each attempt is its own task)."""
+        with log_context(request_id=request.request_id, tenant=request.tenant_id, kind=request.kind):
+            return await self._attempt(request, payload)
+
     async def _attempt(self, request: ProcessRequestInput, payload: Any) -> BatchRetry | None:
         """One request's attempt inside a batch: its outcome recorded, or a retry to hand back."""
         handler = self._registry.get(request.kind)
@@ -235,6 +245,7 @@ class RequestActivities:
         """PROCESSING (or INIT) -> FAILED or CANCELLED. A request already ended stays as it is."""
         if finish.status not in (FAILED, CANCELLED):
             raise ApplicationError(f"finish_request cannot record {finish.status}", non_retryable=True)
+        bind_log_context(request_id=finish.request_id)
         await transition(self._pool, finish.request_id, finish.status, (INIT, PROCESSING), error=finish.error)
 
     def _options_for(self, kind: str) -> HandlerOptions:

@@ -19,6 +19,7 @@ from ackflow.db.transitions import transition
 from ackflow.errors import Conflict, InvalidInput, NotFound, Unauthorized, UnknownKind
 from ackflow.handlers import KIND_PATTERN
 from ackflow.ids import new_request_id
+from ackflow.logs import bind_log_context
 from ackflow.netguard import check_target
 from ackflow.settings import Settings
 from gateway.auth import current_key, current_tenant, require_api_key
@@ -83,6 +84,7 @@ class RequestsController(Controller):
     ) -> Response[RequestState]:
         """With `?wait=N` (or `Prefer: wait=N`), answer as soon as the request ends, or after N seconds."""
         tenant_id = current_tenant(request)
+        bind_log_context(request_id=request_id)
         headers: dict[str, str] = {}
         preferred = _preferred_wait(request.headers.get("prefer"))
         if wait is None and preferred is not None:
@@ -128,6 +130,7 @@ class RequestsController(Controller):
     ) -> RequestState:
         """A request not yet started ends CANCELLED at once; a running one is cancelled through its workflow."""
         tenant_id = current_tenant(request)
+        bind_log_context(request_id=request_id)
         async with services.pool.acquire() as connection, connection.transaction():
             row = await connection.fetchrow(sql("lock_request"), request_id, tenant_id)
             if row is None:

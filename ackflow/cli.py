@@ -7,6 +7,7 @@
     ackflow tenant create NAME | set-rate NAME N         a tenant and its first API key (printed once); its rate
     ackflow tenant set-weight NAME W                     its weight in the fair sharing of admission
     ackflow outbox [--dead] | retry ID | drop ID         outbox rows by age and error (dead letters with --dead)
+    ackflow requests show ID [--json]                    a request's state, events, workflow, trace and deliveries
     ackflow key create TENANT | list TENANT | revoke TENANT PREFIX   API keys
 
 Errors ackflow expects (bad config, a service down, a port taken, the server extra not installed)
@@ -110,6 +111,15 @@ def _parser() -> argparse.ArgumentParser:
         parser_ = outbox_commands.add_parser(action, help=text)
         parser_.add_argument("id", type=int)
         parser_.set_defaults(run=run)
+
+    requests = commands.add_parser("requests", help="inspect requests (any tenant's)")
+    requests_commands = requests.add_subparsers(dest="requests_command", required=True, metavar="ACTION")
+    show = requests_commands.add_parser(
+        "show", help="a request's state, event history, workflow (Temporal UI link), trace id and webhook deliveries"
+    )
+    show.add_argument("id", help="the request id")
+    show.add_argument("--json", action="store_true", help="print one JSON document instead")
+    show.set_defaults(run=_requests_show)
 
     key = commands.add_parser("key", help="manage API keys")
     key_commands = key.add_subparsers(dest="key_command", required=True, metavar="ACTION")
@@ -328,6 +338,17 @@ async def _outbox_row(connection: Any, row_id: int) -> Any:
     if row is None:
         raise NotFound(f"no outbox row has id {row_id}")
     return row
+
+
+def _requests_show(args: argparse.Namespace, settings: Settings) -> None:
+    from ackflow.ops_requests import render_json, render_text, request_report
+
+    async def run(connection: Any) -> None:
+        ui, namespace = settings.temporal_ui_url, settings.temporal_namespace
+        report = await request_report(connection, args.id, ui_url=ui, namespace=namespace)
+        print(render_json(report) if args.json else render_text(report))
+
+    _with_database(settings, run)
 
 
 def _key_create(args: argparse.Namespace, settings: Settings) -> None:

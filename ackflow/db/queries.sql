@@ -805,3 +805,24 @@ WITH d AS (
 )
 SELECT EXISTS (SELECT 1 FROM d) AS owned, EXISTS (SELECT 1 FROM leased) AS taken,
        (SELECT (1 - tokens) / rate FROM room WHERE tokens < 1) AS token_in_seconds;
+
+-- name: operator_request
+-- `ackflow requests show`: one request of any tenant. trace_context through to_jsonb, so this reads
+-- the W3C traceparent where a migration has added the column, and NULL where none has.
+SELECT r.id, t.name AS tenant, r.tenant_id, r.kind, r.status, r.version, r.error, r.created_at, r.updated_at,
+       r.completed_at, r.callback_url,
+       coalesce(r.workflow_id, CASE WHEN r.admitted_at IS NOT NULL THEN 'request-' || r.id::text END) AS workflow_id,
+       to_jsonb(r) ->> 'trace_context' AS trace_context
+  FROM requests r JOIN tenants t ON t.id = r.tenant_id
+ WHERE r.id = $1;
+
+-- name: operator_request_events
+SELECT id, topic, status, version, created_at, data FROM request_events WHERE request_id = $1 ORDER BY version, id;
+
+-- name: operator_request_deliveries
+SELECT id, endpoint_id, event_id, event_type, url, state, attempts, last_status, last_error, created_at, updated_at
+  FROM webhook_deliveries WHERE request_id = $1 ORDER BY created_at, id;
+
+-- name: operator_delivery_attempts
+SELECT delivery_id, attempt, trigger, attempted_at, status_code, latency_ms, error
+  FROM webhook_attempts WHERE delivery_id = ANY ($1::uuid[]) ORDER BY id;

@@ -33,10 +33,8 @@ async def test_show_prints_state_events_workflow_link_trace_and_each_delivery_at
     await wait_for_status(http, request_id, {"DONE"})
 
     async def delivered() -> bool:
-        return (
-            await pool.fetchval("SELECT state FROM webhook_deliveries WHERE request_id = $1", uuid.UUID(request_id))
-            == "succeeded"
-        )
+        state = await pool.fetchval("SELECT state FROM webhook_deliveries WHERE request_id = $1", uuid.UUID(request_id))
+        return bool(state == "succeeded")
 
     await assert_eventually(delivered, timeout=30, message="the delivery never succeeded")
     # The traces change records the caller's traceparent in requests.trace_context; here, as it would.

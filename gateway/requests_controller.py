@@ -27,8 +27,9 @@ from gateway.bodies import require_json_body
 from gateway.capabilities import CapabilityTokens
 from gateway.cursors import MAX_PAGE_SIZE, decode_cursor, encode_cursor
 from gateway.idempotency import claim_key, parse_key
-from gateway.schemas import AcceptedRequest, CreateRequest, Links, RequestPage, RequestState
+from gateway.schemas import AcceptedRequest, CreateRequest, Links, RequestLinks, RequestPage, RequestState
 from gateway.services import GatewayServices
+from gateway.webhook_schemas import Delivery, DeliveryPage, delivery_from_row
 
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+(?:\.\d+)?)", re.IGNORECASE | re.ASCII)
 
@@ -120,6 +121,26 @@ class RequestsController(Controller):
         items = [_state(row) for row in rows[:limit]]
         next_cursor = encode_cursor(items[-1].id) if len(rows) > limit else None
         return RequestPage(items=items, next_cursor=next_cursor)
+
+    @get("/{request_id:uuid}/deliveries", summary="A request's webhook deliveries, newest first")
+    async def deliveries(
+        self,
+        request: Request[Any, Any, Any],
+        request_id: FromPath[uuid.UUID],
+        services: NamedDependency[GatewayServices],
+        limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE_SIZE)] = 50,
+        cursor: Annotated[str | None, QueryParameter(max_length=64)] = None,
+    ) -> DeliveryPage:
+        """Every delivery of this request, to the tenant's endpoints and to its `callback_url`; the attempts
+        of one are at `/v1/deliveries/{id}`."""
+        tenant_id = current_tenant(request)
+        bind_log_context(request_id=request_id)
+        if await services.pool.fetchrow(sql("get_request"), request_id, tenant_id) is None:
+            raise NotFound(f"request {request_id} does not exist")
+        after = decode_cursor(cursor) if cursor else None
+        rows = await services.pool.fetch(sql("list_request_deliveries"), request_id, tenant_id, after, limit + 1)
+        items = [msgspec.convert(delivery_from_row(row), type=Delivery) for row in rows[:limit]]
+        return DeliveryPage(items=items, next_cursor=encode_cursor(items[-1].id) if len(rows) > limit else None)
 
     @post("/{request_id:uuid}/cancel", status_code=202, summary="Cancel a request")
     async def cancel(
@@ -214,7 +235,9 @@ async def _load(pool: asyncpg.Pool, request_id: uuid.UUID, tenant_id: uuid.UUID)
 
 
 def _state(row: Any) -> RequestState:
-    return RequestState(**dict(row))
+    location = f"/v1/requests/{row['id']}"
+    links = RequestLinks(self=location, events=f"{location}/events", deliveries=f"{location}/deliveries")
+    return RequestState(**dict(row), links=links)
 
 
 def _preferred_wait(prefer: str | None) -> float | None:

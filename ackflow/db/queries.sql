@@ -487,6 +487,15 @@ SELECT id, endpoint_id, request_id, event_id, message_id, event_type, url, state
  ORDER BY id DESC
  LIMIT $5;
 
+-- name: list_request_deliveries
+-- A request's deliveries (its endpoints' and its callback_url's), newest first; $4 a cursor (id).
+SELECT id, endpoint_id, request_id, event_id, message_id, event_type, url, state, attempts, last_status, last_error,
+       created_at, updated_at
+  FROM webhook_deliveries
+ WHERE request_id = $1 AND tenant_id = $2 AND ($3::uuid IS NULL OR id < $3)
+ ORDER BY id DESC
+ LIMIT $4;
+
 -- name: get_delivery
 SELECT id, endpoint_id, request_id, event_id, message_id, event_type, url, state, attempts, last_status, last_error,
        created_at, updated_at

@@ -3,9 +3,12 @@ never a secret; text for the commands a person reads."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
+import os
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +24,7 @@ from ackflow.handlers import HandlerRegistry
 from ackflow.logs import configure_logging, log_context
 from ackflow.settings import Settings
 from tests.conftest import Tenant, api_client, running_roles
+from tests.e2e.test_cli import ACKFLOW
 from tests.helpers import wait_for_status
 
 WEBHOOK_SECRET = "whsec_" + "A" * 43 + "="
@@ -122,3 +126,30 @@ async def _submit(http: httpx.AsyncClient, payload: dict[str, Any]) -> dict[str,
     assert response.status_code == 202, response.text
     body: dict[str, Any] = response.json()
     return body
+
+
+async def test_the_relay_run_as_a_process_logs_json_lines_without_the_database_password(settings: Settings) -> None:
+    # The test Postgres trusts local connections, so a password in the URL is accepted and ignored.
+    url = settings.database_url.replace("postgres@", f"postgres:{DATABASE_PASSWORD}@", 1)
+    assert DATABASE_PASSWORD in url
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "REDIS_URL": settings.redis_url,
+        "TEMPORAL_ADDRESS": settings.temporal_address,
+        "ACKFLOW_TASK_QUEUE": settings.task_queue,
+    }
+    process = await asyncio.create_subprocess_exec(ACKFLOW, "relay", env=env, stderr=asyncio.subprocess.PIPE)
+    assert process.stderr is not None
+    try:
+        first = (await asyncio.wait_for(process.stderr.readline(), timeout=30)).decode()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, remaining = await asyncio.wait_for(process.communicate(), timeout=30)
+    rest = remaining.decode()
+    lines = [line for line in (first + rest).splitlines() if line.strip()]
+    assert process.returncode == 0 and lines, first + rest
+    records = [json.loads(line) for line in lines]  # every line one JSON object
+    assert all({"time", "level", "logger", "message"} <= record.keys() for record in records), records
+    assert any(record["logger"] == "ackflow.db.retention" for record in records), records
+    assert DATABASE_PASSWORD not in first + rest

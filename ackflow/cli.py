@@ -8,6 +8,7 @@
     ackflow tenant set-weight NAME W                     its weight in the fair sharing of admission
     ackflow outbox [--dead] | retry ID | drop ID         outbox rows by age and error (dead letters with --dead)
     ackflow status [--json]                              each stage's backlog at a glance
+    ackflow requests show ID [--json]                    a request's state, events, workflow, trace and deliveries
     ackflow key create TENANT | list TENANT | revoke TENANT PREFIX   API keys
 
 Errors ackflow expects (bad config, a service down, a port taken, the server extra not installed)
@@ -26,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ackflow.errors import AckflowError
+from ackflow.logs import configure_logging
 from ackflow.settings import Settings
 
 if TYPE_CHECKING:  # the base install (the client) has none of the server's packages
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     try:
         settings = Settings.from_env()
-        logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        configure_logging(settings, default_format=getattr(args, "log_format", "text"))
         args.run(args, settings)
     except AckflowError as exc:
         print(f"ackflow: error: {exc}", file=sys.stderr)
@@ -90,7 +92,9 @@ def _parser() -> argparse.ArgumentParser:
         ("migrate", _migrate, "apply database migrations"),
         ("prune", _prune, "delete finished work past its retention now (one pass; relays also do it)"),
     ):
-        commands.add_parser(name, help=text).set_defaults(run=run)
+        # The long-running roles log JSON lines for a log pipeline; the one-shot commands, text for a person.
+        log_format = "json" if name in ("gateway", "relay", "worker") else "text"
+        commands.add_parser(name, help=text).set_defaults(run=run, log_format=log_format)
 
     tenant = commands.add_parser("tenant", help="manage tenants")
     tenant_commands = tenant.add_subparsers(dest="tenant_command", required=True, metavar="ACTION")
@@ -123,6 +127,14 @@ def _parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="each stage's health: outbox, admission, webhooks, dead letters")
     status.add_argument("--json", action="store_true", help="print JSON for scripts instead of aligned text")
     status.set_defaults(run=_status)
+    requests = commands.add_parser("requests", help="inspect requests (any tenant's)")
+    requests_commands = requests.add_subparsers(dest="requests_command", required=True, metavar="ACTION")
+    show = requests_commands.add_parser(
+        "show", help="a request's state, event history, workflow (Temporal UI link), trace id and webhook deliveries"
+    )
+    show.add_argument("id", help="the request id")
+    show.add_argument("--json", action="store_true", help="print one JSON document instead")
+    show.set_defaults(run=_requests_show)
 
     key = commands.add_parser("key", help="manage API keys")
     key_commands = key.add_subparsers(dest="key_command", required=True, metavar="ACTION")
@@ -354,6 +366,17 @@ def _status(args: argparse.Namespace, settings: Settings) -> None:
 
     async def run(connection: Any) -> None:
         await print_status(connection, as_json=args.json)
+
+    _with_database(settings, run)
+
+
+def _requests_show(args: argparse.Namespace, settings: Settings) -> None:
+    from ackflow.ops_requests import render_json, render_text, request_report
+
+    async def run(connection: Any) -> None:
+        ui, namespace = settings.temporal_ui_url, settings.temporal_namespace
+        report = await request_report(connection, args.id, ui_url=ui, namespace=namespace)
+        print(render_json(report) if args.json else render_text(report))
 
     _with_database(settings, run)
 

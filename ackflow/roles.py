@@ -58,6 +58,7 @@ async def run_gateway(
         host=settings.http_host,
         port=settings.http_port,
         log_level="warning",
+        log_config=None,  # uvicorn's records go to the root handler, in ACKFLOW_LOG_FORMAT (ackflow.logs)
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=3,

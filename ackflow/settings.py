@@ -66,6 +66,8 @@ class Settings:
     db_pool_size: int = 10
     connect_timeout_seconds: float = 10.0
     log_level: str = "INFO"
+    log_format: str = ""  # json | text; empty: the command's default (json for the roles, text for people)
+    temporal_ui_url: str = "http://localhost:8233"  # where `ackflow requests show` links a workflow
     # Retention (ackflow/db/retention.py): how long finished work is kept, and how the relay prunes.
     retain_requests_days: float = 30.0
     retain_deliveries_days: float = 30.0
@@ -112,6 +114,12 @@ def _parse(variable: str, raw: str, parse: Callable[[str], Any]) -> Any:
 def _at_most(value: int, limit: int) -> int:
     if value > limit:
         raise ValueError(f"expected at most {limit}")
+    return value
+
+
+def _one_of(value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"expected one of {', '.join(choices)}")
     return value
 
 
@@ -189,6 +197,8 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "db_pool_size": ("ACKFLOW_DB_POOL_SIZE", int),
     "connect_timeout_seconds": ("ACKFLOW_CONNECT_TIMEOUT_SECONDS", float),
     "log_level": ("ACKFLOW_LOG_LEVEL", str.upper),
+    "log_format": ("ACKFLOW_LOG_FORMAT", lambda raw: _one_of(raw.lower(), ("json", "text"))),
+    "temporal_ui_url": ("ACKFLOW_TEMPORAL_UI_URL", lambda raw: _url("http", "https")(raw).rstrip("/")),
     "retain_requests_days": ("ACKFLOW_RETAIN_REQUESTS_DAYS", _days),
     "retain_deliveries_days": ("ACKFLOW_RETAIN_DELIVERIES_DAYS", _days),
     "retain_endpoint_events_days": ("ACKFLOW_RETAIN_ENDPOINT_EVENTS_DAYS", _days),

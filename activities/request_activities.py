@@ -37,6 +37,7 @@ from ackflow.contracts import (
 from ackflow.db.queries import sql
 from ackflow.db.transitions import transition, transition_many
 from ackflow.handlers import HandlerRegistry, PermanentError
+from ackflow.logs import bind_log_context, log_context
 from activities.handler_runs import handler_ran, outcome_of, run_once
 from activities.handler_spans import handler_span, record_outcome
 from activities.outcomes import OutcomeRecorder
@@ -67,6 +68,7 @@ class RequestActivities:
     @activity.defn(name="start_processing")
     async def start_processing(self, start: StartProcessingInput) -> StartProcessingOutput:
         """INIT -> PROCESSING. Says not to proceed if the request already ended (cancelled before start)."""
+        bind_log_context(request_id=start.request_id)
         if await transition(self._pool, start.request_id, PROCESSING, (INIT,)) is None:
             status = await self._status(start.request_id)
             if status in TERMINAL_STATUSES or status is None:
@@ -79,6 +81,7 @@ class RequestActivities:
 
         A request that already ended (cancelled before its handler started) is left alone.
         """
+        bind_log_context(request_id=run.request_id)
         handler = self._registry.get(run.kind)
         if handler is None:
             raise ApplicationError(
@@ -137,7 +140,7 @@ class RequestActivities:
             rest = [uuid.UUID(i) for i in members if i not in rows]
             rows.update({str(row["id"]): row for row in await self._pool.fetch(sql("requests_in_progress"), rest)})
         attempts = {
-            i: asyncio.create_task(self._traced_attempt(members[i], row["payload"], row["trace_context"]))
+            i: asyncio.create_task(self._attempt_in_context(members[i], row["payload"], row["trace_context"]))
             for i, row in rows.items()
         }
         try:
@@ -204,10 +207,14 @@ class RequestActivities:
                 for row in await self._pool.fetch(sql("requests_ended"), still):
                     attempts[str(row["id"])].cancel()
 
-    async def _traced_attempt(
+    async def _attempt_in_context(
         self, request: ProcessRequestInput, payload: Any, trace_context: str | None
     ) -> BatchRetry | None:
-        with handler_span(request.request_id, request.kind, trace_context, tenant_id=request.tenant_id):
+        """`_attempt` in its handler span, its log lines naming the request (each attempt is its own task)."""
+        with (
+            log_context(request_id=request.request_id, tenant=request.tenant_id, kind=request.kind),
+            handler_span(request.request_id, request.kind, trace_context, tenant_id=request.tenant_id),
+        ):
             return await self._attempt(request, payload)
 
     async def _attempt(self, request: ProcessRequestInput, payload: Any) -> BatchRetry | None:
@@ -252,6 +259,7 @@ class RequestActivities:
         """PROCESSING (or INIT) -> FAILED or CANCELLED. A request already ended stays as it is."""
         if finish.status not in (FAILED, CANCELLED):
             raise ApplicationError(f"finish_request cannot record {finish.status}", non_retryable=True)
+        bind_log_context(request_id=finish.request_id)
         await transition(self._pool, finish.request_id, finish.status, (INIT, PROCESSING), error=finish.error)
 
     def _options_for(self, kind: str) -> HandlerOptions:

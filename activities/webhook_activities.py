@@ -13,6 +13,7 @@ from datetime import datetime
 from temporalio import activity
 
 from ackflow.contracts import WebhookAttemptInput, WebhookAttemptOutput
+from ackflow.logs import bind_log_context
 from callbacks import WebhookAttempts
 
 
@@ -24,6 +25,7 @@ class WebhookActivities:
 
     @activity.defn(name="attempt_webhook")
     async def attempt_webhook(self, attempt: WebhookAttemptInput) -> WebhookAttemptOutput:
+        bind_log_context(delivery_id=attempt.delivery_id)  # an activity is a task of its own
         outcome = await self._attempts.attempt(
             uuid.UUID(attempt.delivery_id), trigger="retry", now=datetime.fromisoformat(attempt.now)
         )

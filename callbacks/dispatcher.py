@@ -33,6 +33,7 @@ from ackflow.contracts import DeliveryState
 from ackflow.db.listen import WEBHOOKS_CHANNEL
 from ackflow.db.pool import POSTGRES_ERRORS
 from ackflow.db.queries import sql
+from ackflow.logs import log_context
 from ackflow.tracing import in_trace_of
 from callbacks.attempts import Ownership, WebhookAttempts
 
@@ -140,6 +141,10 @@ class WebhookDispatcher:
             )
 
     async def _deliver(self, row: Any) -> None:
+        with log_context(delivery_id=row["id"], request_id=row.get("request_id"), tenant=row.get("tenant_id")):
+            await self._deliver_logged(row)
+
+    async def _deliver_logged(self, row: Any) -> None:
         trigger = "manual" if row["single_attempt"] else "first" if row["attempts"] == 0 else "retry"
         outcome = await self._attempts.attempt_claimed(row, trigger=trigger, owner=self._owner)
         if outcome.recorded and outcome.state == DeliveryState.HANDOFF:  # failed, may be retried

@@ -25,6 +25,7 @@ from ackflow.db.pool import POSTGRES_ERRORS
 from ackflow.db.queries import sql
 from ackflow.errors import Unauthorized
 from ackflow.live import REVOKED_KEYS_CHANNEL
+from ackflow.logs import bind_log_context
 from ackflow.tenants import KEY_PREFIX, hash_api_key
 from gateway.hub import RESYNC, Hub, Resync
 
@@ -130,6 +131,7 @@ async def require_api_key(connection: ASGIConnection[Any, Any, Any, Any], _: Bas
     authenticator: ApiKeyAuthenticator = connection.app.state.authenticator
     tenant_id, key_id = await authenticator.authenticate(connection.headers.get("authorization"))
     connection.state.tenant_id, connection.state.key_id = tenant_id, key_id
+    bind_log_context(tenant=tenant_id)  # each HTTP request or socket is a task of its own: this ends with it
 
 
 def current_tenant(connection: ASGIConnection[Any, Any, Any, Any]) -> uuid.UUID:

@@ -19,6 +19,7 @@ from ackflow.db.transitions import transition
 from ackflow.errors import Conflict, InvalidInput, NotFound, Unauthorized, UnknownKind
 from ackflow.handlers import KIND_PATTERN
 from ackflow.ids import new_request_id
+from ackflow.logs import bind_log_context
 from ackflow.netguard import check_target
 from ackflow.settings import Settings
 from ackflow.tracing import inject, link_current_span_to
@@ -28,8 +29,9 @@ from gateway.bodies import require_json_body
 from gateway.capabilities import CapabilityTokens
 from gateway.cursors import MAX_PAGE_SIZE, decode_cursor, encode_cursor
 from gateway.idempotency import claim_key, parse_key
-from gateway.schemas import AcceptedRequest, CreateRequest, Links, RequestPage, RequestState
+from gateway.schemas import AcceptedRequest, CreateRequest, Links, RequestLinks, RequestPage, RequestState
 from gateway.services import GatewayServices
+from gateway.webhook_schemas import Delivery, DeliveryPage, delivery_from_row
 
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+(?:\.\d+)?)", re.IGNORECASE | re.ASCII)
 
@@ -95,6 +97,7 @@ class RequestsController(Controller):
     ) -> Response[RequestState]:
         """With `?wait=N` (or `Prefer: wait=N`), answer as soon as the request ends, or after N seconds."""
         tenant_id = current_tenant(request)
+        bind_log_context(request_id=request_id)
         headers: dict[str, str] = {}
         preferred = _preferred_wait(request.headers.get("prefer"))
         if wait is None and preferred is not None:
@@ -131,6 +134,26 @@ class RequestsController(Controller):
         next_cursor = encode_cursor(items[-1].id) if len(rows) > limit else None
         return RequestPage(items=items, next_cursor=next_cursor)
 
+    @get("/{request_id:uuid}/deliveries", summary="A request's webhook deliveries, newest first")
+    async def deliveries(
+        self,
+        request: Request[Any, Any, Any],
+        request_id: FromPath[uuid.UUID],
+        services: NamedDependency[GatewayServices],
+        limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE_SIZE)] = 50,
+        cursor: Annotated[str | None, QueryParameter(max_length=64)] = None,
+    ) -> DeliveryPage:
+        """Every delivery of this request, to the tenant's endpoints and to its `callback_url`; the attempts
+        of one are at `/v1/deliveries/{id}`."""
+        tenant_id = current_tenant(request)
+        bind_log_context(request_id=request_id)
+        if await services.pool.fetchrow(sql("get_request"), request_id, tenant_id) is None:
+            raise NotFound(f"request {request_id} does not exist")
+        after = decode_cursor(cursor) if cursor else None
+        rows = await services.pool.fetch(sql("list_request_deliveries"), request_id, tenant_id, after, limit + 1)
+        items = [msgspec.convert(delivery_from_row(row), type=Delivery) for row in rows[:limit]]
+        return DeliveryPage(items=items, next_cursor=encode_cursor(items[-1].id) if len(rows) > limit else None)
+
     @post("/{request_id:uuid}/cancel", status_code=202, summary="Cancel a request")
     async def cancel(
         self,
@@ -140,6 +163,7 @@ class RequestsController(Controller):
     ) -> RequestState:
         """A request not yet started ends CANCELLED at once; a running one is cancelled through its workflow."""
         tenant_id = current_tenant(request)
+        bind_log_context(request_id=request_id)
         async with services.pool.acquire() as connection, connection.transaction():
             row = await connection.fetchrow(sql("lock_request"), request_id, tenant_id)
             if row is None:
@@ -232,7 +256,9 @@ async def _load(
 
 
 def _state(row: Any) -> RequestState:
-    return RequestState(**dict(row))
+    location = f"/v1/requests/{row['id']}"
+    links = RequestLinks(self=location, events=f"{location}/events", deliveries=f"{location}/deliveries")
+    return RequestState(**dict(row), links=links)
 
 
 def _preferred_wait(prefer: str | None) -> float | None:

@@ -31,6 +31,14 @@ class Links(msgspec.Struct):
     events: str
 
 
+class RequestLinks(msgspec.Struct):
+    """Where to follow a request: its events (SSE, with the API key) and its webhook deliveries."""
+
+    self: str
+    events: str
+    deliveries: str
+
+
 class AcceptedRequest(msgspec.Struct):
     """The 202 answer: the request is committed and will be processed."""
 
@@ -56,6 +64,7 @@ class RequestState(msgspec.Struct):
     updated_at: datetime
     completed_at: datetime | None
     workflow_id: str | None = None  # the Temporal workflow it runs in (a batch's), once admitted
+    links: RequestLinks | None = None
 
 
 class RequestPage(msgspec.Struct):

@@ -22,6 +22,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 
@@ -32,6 +33,7 @@ from ackflow.db.queries import sql
 from ackflow.db.transitions import fail_unstarted
 from ackflow.errors import PermanentDispatchError
 from ackflow.events import OutboxEvent, Route
+from ackflow.logs import log_context
 from ackflow.metrics import OUTBOX_DEAD_LETTERED, RELAY_DISPATCH_ERRORS
 from outbox_cdc.admission import WorkflowAdmission
 from outbox_cdc.lag import observe_lag
@@ -118,8 +120,9 @@ class OutboxRelay:
         if route is None:  # perhaps a newer relay's topic, during a rolling deploy: postponed, not dead
             return LookupError(f"no route for topic {event.topic!r}")
         try:
-            async with asyncio.timeout(self._dispatch_timeout):  # no Task per dispatch, unlike wait_for
-                await route(event)
+            with log_context(**_log_fields(event)):
+                async with asyncio.timeout(self._dispatch_timeout):  # no Task per dispatch, unlike wait_for
+                    await route(event)
         except Exception as exc:  # any failure keeps the row for a later attempt, or dead-letters it
             log.warning("dispatch of outbox row %s (%s) failed: %r", event.id, event.topic, exc)
             return exc
@@ -171,3 +174,10 @@ class OutboxRelay:
 def describe(error: BaseException) -> str:
     """The error as operators read it on the row, bounded."""
     return f"{type(error).__name__}: {error}"[:1000]
+
+
+def _log_fields(event: OutboxEvent) -> dict[str, Any]:
+    """What a log line about this row's dispatch names: its request (a batch: every member) and tenant."""
+    members = event.payload.get("requests") if event.topic == TOPIC_BATCH else None
+    request_ids = [m.get("request_id") for m in members if isinstance(m, dict)] if isinstance(members, list) else None
+    return {"request_id": event.request_id, "request_ids": request_ids, "tenant": event.tenant_id}

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
-from ackflow.handlers import handler
+from ackflow.handlers import PermanentError, handler
 
 _attempts: dict[str, int] = {}
 
@@ -38,3 +39,10 @@ async def nap(payload: Any) -> dict[str, float]:
     seconds = float(payload.get("seconds", 1))
     await asyncio.sleep(seconds)
     return {"slept": seconds}
+
+
+@handler("log_line", timeout=10, max_attempts=1)
+async def log_line(payload: Any) -> dict[str, str]:
+    """Logs `payload["note"]` at WARNING, then fails with it: what a handler says about its request."""
+    logging.getLogger("tests.handlers").warning("handling: %s", payload["note"])
+    raise PermanentError(f"gave up on {payload['note']}")

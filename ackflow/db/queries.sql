@@ -499,6 +499,15 @@ SELECT id, endpoint_id, request_id, event_id, message_id, event_type, url, state
  ORDER BY id DESC
  LIMIT $5;
 
+-- name: list_request_deliveries
+-- A request's deliveries (its endpoints' and its callback_url's), newest first; $4 a cursor (id).
+SELECT id, endpoint_id, request_id, event_id, message_id, event_type, url, state, attempts, last_status, last_error,
+       created_at, updated_at
+  FROM webhook_deliveries
+ WHERE request_id = $1 AND tenant_id = $2 AND ($3::uuid IS NULL OR id < $3)
+ ORDER BY id DESC
+ LIMIT $4;
+
 -- name: get_delivery
 SELECT id, endpoint_id, request_id, event_id, message_id, event_type, url, state, attempts, last_status, last_error,
        created_at, updated_at
@@ -848,3 +857,23 @@ UNION ALL
 SELECT 'delivery_states', 'failed', count(*), NULL FROM webhook_deliveries WHERE state = 'failed'
 UNION ALL
 SELECT 'endpoints_disabled', '', count(*), NULL FROM webhook_endpoints WHERE NOT enabled AND deleted_at IS NULL;
+
+-- name: operator_request
+-- `ackflow requests show`: one request of any tenant, with the W3C traceparent it was accepted in.
+SELECT r.id, t.name AS tenant, r.tenant_id, r.kind, r.status, r.version, r.error, r.created_at, r.updated_at,
+       r.completed_at, r.callback_url,
+       coalesce(r.workflow_id, CASE WHEN r.admitted_at IS NOT NULL THEN 'request-' || r.id::text END) AS workflow_id,
+       r.trace_context
+  FROM requests r JOIN tenants t ON t.id = r.tenant_id
+ WHERE r.id = $1;
+
+-- name: operator_request_events
+SELECT id, topic, status, version, created_at, data FROM request_events WHERE request_id = $1 ORDER BY version, id;
+
+-- name: operator_request_deliveries
+SELECT id, endpoint_id, event_id, event_type, url, state, attempts, last_status, last_error, created_at, updated_at
+  FROM webhook_deliveries WHERE request_id = $1 ORDER BY created_at, id;
+
+-- name: operator_delivery_attempts
+SELECT delivery_id, attempt, trigger, attempted_at, status_code, latency_ms, error
+  FROM webhook_attempts WHERE delivery_id = ANY ($1::uuid[]) ORDER BY id;

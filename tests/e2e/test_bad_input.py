@@ -132,6 +132,7 @@ def v1_routes() -> list[tuple[str, str, bytes | None]]:
         ("GET", "/v1/requests", None),
         ("GET", f"/v1/requests/{NO_SUCH_ID}", None),
         ("POST", f"/v1/requests/{NO_SUCH_ID}/cancel", None),
+        ("GET", f"/v1/requests/{NO_SUCH_ID}/deliveries", None),
     ]
 
 
@@ -366,7 +367,7 @@ async def test_hostile_but_valid_strings_are_stored_and_returned_verbatim(
 # --- GET /v1/requests/{id} and POST /v1/requests/{id}/cancel --------------------------------------
 
 
-async def test_malformed_missing_and_foreign_ids_are_404_on_read_and_cancel_and_change_nothing(
+async def test_malformed_missing_and_foreign_ids_are_404_on_read_cancel_and_deliveries_and_change_nothing(
     client: httpx.AsyncClient, settings: Settings, pool: asyncpg.Pool, other_tenant: Tenant
 ) -> None:
     accepted = (await client.post("/v1/requests", content=VALID_BODY, headers=JSON)).json()
@@ -378,14 +379,22 @@ async def test_malformed_missing_and_foreign_ids_are_404_on_read_and_cancel_and_
     for bad_id in ["not-a-uuid", "1", "a" * 2000, NO_SUCH_ID[:-1] + "g", f"{NO_SUCH_ID}0", "%00", "..%2f..%2fetc"]:
         cases.append(Case(f"GET id {bad_id[:40]}", 404, "not-found", method="GET", path=f"/v1/requests/{bad_id}"))
         cases.append(Case(f"cancel id {bad_id[:40]}", 404, "not-found", path=f"/v1/requests/{bad_id}/cancel"))
+        deliveries = f"/v1/requests/{bad_id}/deliveries"
+        cases.append(Case(f"deliveries of id {bad_id[:40]}", 404, "not-found", method="GET", path=deliveries))
     await check_cases(client, cases)
 
     missing_read = expect_problem("missing read", await client.get(f"/v1/requests/{NO_SUCH_ID}"), 404, "not-found")
     missing_cancel = expect_problem(
         "missing cancel", await client.post(f"/v1/requests/{NO_SUCH_ID}/cancel"), 404, "not-found"
     )
+    missing_deliveries = expect_problem(
+        "missing deliveries", await client.get(f"/v1/requests/{NO_SUCH_ID}/deliveries"), 404, "not-found"
+    )
     async with api_client(settings, other_tenant.api_key) as intruder:
         foreign_read = expect_problem("foreign read", await intruder.get(f"/v1/requests/{mine}"), 404, "not-found")
+        foreign_deliveries = expect_problem(
+            "foreign deliveries", await intruder.get(f"/v1/requests/{mine}/deliveries"), 404, "not-found"
+        )
         foreign_cancel = expect_problem(
             "foreign cancel", await intruder.post(f"/v1/requests/{mine}/cancel"), 404, "not-found"
         )
@@ -396,6 +405,10 @@ async def test_malformed_missing_and_foreign_ids_are_404_on_read_and_cancel_and_
 
     assert shape(foreign_read, mine) == shape(missing_read, NO_SUCH_ID)
     assert shape(foreign_cancel, mine) == shape(missing_cancel, NO_SUCH_ID)
+    assert shape(foreign_deliveries, mine) == shape(missing_deliveries, NO_SUCH_ID)
+    for bad in ({"limit": "0"}, {"limit": "abc"}, {"cursor": "!!!"}):
+        response = await client.get(f"/v1/requests/{mine}/deliveries", params=bad)
+        expect_problem(f"deliveries {bad}", response, 400, None)
     assert await table_state(pool) == before
     assert (await client.get(f"/v1/requests/{mine}")).json()["status"] == "DONE"
     await assert_still_serving(client)
@@ -439,6 +452,7 @@ async def test_wrong_methods_are_405_and_unknown_paths_404_as_problems_on_every_
         "/v1/requests": {"GET", "POST"},
         f"/v1/requests/{NO_SUCH_ID}": {"GET"},
         f"/v1/requests/{NO_SUCH_ID}/cancel": {"POST"},
+        f"/v1/requests/{NO_SUCH_ID}/deliveries": {"GET"},
         "/health/live": {"GET"},
         "/health/ready": {"GET"},
         "/schema/openapi.json": {"GET"},

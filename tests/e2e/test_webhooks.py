@@ -524,3 +524,33 @@ async def _claimed_only(pool: asyncpg.Pool, endpoint_id: str, count: int) -> boo
     states = [d["state"] for d in await _endpoint_deliveries(pool, endpoint_id)]
     assert states.count("delivering") <= count, f"{states.count('delivering')} claimed at once"
     return states.count("delivering") == count and states.count("pending") == len(states) - count
+
+
+async def test_a_request_links_its_events_and_deliveries_which_list_its_endpoint_and_callback_deliveries(
+    http: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    endpoint = await register(http, receiver.url("/endpoint"), ["request.done"])
+    request_id = await submit(
+        http, "echo", {}, callback_url=receiver.url("/callback"), callback_events=["request.done"]
+    )
+    await wait_for_status(http, request_id, {"DONE"})
+    await assert_eventually(lambda: _count(receiver, "/endpoint", 1), message="the endpoint got nothing")
+    await assert_eventually(lambda: _count(receiver, "/callback", 1), message="the callback_url got nothing")
+
+    state = (await http.get(f"/v1/requests/{request_id}")).json()
+    location = f"/v1/requests/{request_id}"
+    assert state["links"] == {
+        "self": location,
+        "events": f"{location}/events",
+        "deliveries": f"{location}/deliveries",
+    }
+    first = (await http.get(state["links"]["deliveries"], params={"limit": 1})).json()
+    second = (await http.get(state["links"]["deliveries"], params={"limit": 1, "cursor": first["next_cursor"]})).json()
+    assert first["next_cursor"] and second["next_cursor"] is None
+    deliveries = first["items"] + second["items"]
+    assert {d["endpoint_id"] for d in deliveries} == {endpoint["id"], None}  # None: the callback_url's
+    assert {d["request_id"] for d in deliveries} == {request_id}
+    assert all(d["event_type"] == "request.done" for d in deliveries)
+    events = await http.get(state["links"]["events"])
+    assert events.status_code == 200 and events.headers["content-type"].startswith("text/event-stream")
+    assert "event: request.done" in events.text  # the history replayed, then the stream ends with the request

@@ -27,7 +27,7 @@ from gateway.health import HealthController
 
 ROOT = Path(__file__).resolve().parents[2]
 ROLES = ("migrate", "gateway", "relay", "worker")
-INFRASTRUCTURE = ("postgres", "redis", "temporal", "temporal-ui")
+INFRASTRUCTURE = ("postgres", "redis", "temporal", "temporal-ui")  # the default stack; more under profiles
 CONNECTION_VARIABLES = ("DATABASE_URL", "REDIS_URL", "TEMPORAL_ADDRESS")
 HEALTH_CONDITIONS = {"service_healthy", "service_started", "service_completed_successfully"}
 
@@ -259,15 +259,97 @@ def test_gateway_healthcheck_probes_the_readiness_route_without_curl() -> None:
     assert "urllib.request" in probe and "curl" not in probe
 
 
-def test_temporal_registers_every_search_attribute_ackflow_sets_with_its_type() -> None:
-    command = [str(part) for part in _services()["temporal"]["command"]]
+def test_the_dev_temporal_registers_every_search_attribute_ackflow_sets_with_its_type() -> None:
+    command = [str(part) for part in _services()["temporal-dev"]["command"]]
 
     registered = {command[i + 1] for i, part in enumerate(command[:-1]) if part == "--search-attribute"}
 
     assert {f"{name}={kind}" for name, kind in SEARCH_ATTRIBUTE_TYPES.items()} <= registered
 
 
-@pytest.mark.parametrize("service", ("postgres", "temporal"))
+def test_the_production_temporal_has_every_search_attribute_registered_by_the_roles() -> None:
+    """auto-setup registers none of ackflow's: the relay and the worker add the missing ones on start-up."""
+    from ackflow.temporal import SEARCH_ATTRIBUTES
+
+    assert set(SEARCH_ATTRIBUTES) == set(SEARCH_ATTRIBUTE_TYPES)
+    services = _services()
+    assert {"relay", "worker"} <= {name for name in ROLES if "temporal" in _depends_on(services[name])}
+
+
+def test_temporal_persists_to_its_own_databases_on_the_compose_postgres() -> None:
+    services = _services()
+    temporal = services["temporal"]
+    environment = _environment(temporal)
+    postgres = _environment(services["postgres"])
+
+    assert temporal["image"].startswith("temporalio/auto-setup:") and "command" not in temporal
+    assert environment["DB"] == "postgres12" and environment["POSTGRES_SEEDS"] == "postgres"
+    assert (environment["POSTGRES_USER"], environment["POSTGRES_PWD"]) == (
+        postgres["POSTGRES_USER"],
+        postgres["POSTGRES_PASSWORD"],
+    )
+    assert {environment["DBNAME"], environment["VISIBILITY_DBNAME"]}.isdisjoint({postgres["POSTGRES_DB"]})
+    assert _depends_on(temporal)["postgres"]["condition"] == "service_healthy"
+    assert _has_healthcheck(temporal)
+
+
+def test_the_dev_server_prometheus_and_grafana_run_only_under_their_profiles() -> None:
+    services = _services()
+
+    profiles = {name: service.get("profiles") for name, service in services.items() if service.get("profiles")}
+
+    assert profiles == {"temporal-dev": ["dev"], "prometheus": ["observability"], "grafana": ["observability"]}
+    assert all(not _depends_on(services[role]).keys() & profiles.keys() for role in ROLES + INFRASTRUCTURE)
+
+
+def test_every_image_is_pinned_to_a_tag_other_than_latest() -> None:
+    images = {name: str(service["image"]) for name, service in _services().items() if "build" not in service}
+
+    unpinned = {name: image for name, image in images.items() if ":" not in image or image.endswith(":latest")}
+
+    assert images and not unpinned, f"pin these images to a version: {unpinned}"
+
+
+def test_every_file_the_stack_mounts_from_the_repository_exists() -> None:
+    sources = [
+        str(mount).split(":", 1)[0]
+        for service in _services().values()
+        for mount in service.get("volumes", [])
+        if str(mount).startswith("./")
+    ]
+
+    assert sources, "nothing is mounted from deploy/"
+    assert [source for source in sources if not (ROOT / source).exists()] == []
+
+
+@pytest.mark.parametrize("role", ("gateway", "relay", "worker"))
+def test_long_running_roles_log_json(role: str) -> None:
+    settings = Settings.from_env(_environment(_services()[role]))
+
+    assert settings.log_format == "json"
+
+
+def test_prometheus_scrapes_each_role_at_the_service_and_port_it_serves_metrics_on() -> None:
+    services = _services()
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    targets = {
+        job["job_name"]: [target for static in job["static_configs"] for target in static["targets"]]
+        for job in config["scrape_configs"]
+    }
+    gateway = Settings.from_env(_environment(services["gateway"]))
+    expected = {"ackflow-gateway": [f"gateway:{gateway.http_port}"]}
+    for role in ("relay", "worker"):
+        environment = _environment(services[role])
+        assert environment["ACKFLOW_METRICS_HOST"] == "0.0.0.0", f"{role} serves /metrics on loopback only"
+        assert environment["ACKFLOW_METRICS_PORT"] in {str(port) for port in services[role].get("expose", [])}
+        expected[f"ackflow-{role}"] = [f"{role}:{environment['ACKFLOW_METRICS_PORT']}"]
+
+    assert targets == expected
+    mounted = {str(mount).split(":")[1] for mount in services["prometheus"]["volumes"]}
+    assert set(config["rule_files"]) | {"/etc/prometheus/prometheus.yml"} <= mounted
+
+
+@pytest.mark.parametrize("service", ("postgres", "temporal-dev"))
 def test_stateful_services_keep_their_data_in_named_volumes(service: str) -> None:
     compose = _compose()
 

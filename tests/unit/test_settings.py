@@ -40,12 +40,20 @@ def test_defaults_apply_when_variables_are_absent_or_blank() -> None:
         ("DATABASE_URL", "mysql://x", "postgresql://"),
         ("REDIS_URL", "http://x", "redis://"),
         ("ACKFLOW_RELAY_POLL_SECONDS", "soon", "ACKFLOW_RELAY_POLL_SECONDS"),
+        ("ACKFLOW_LOG_FORMAT", "yaml", "expected one of json, text"),
+        ("ACKFLOW_TEMPORAL_UI_URL", "temporal-ui:8080", "http://"),
     ],
 )
 def test_a_malformed_variable_is_named_in_the_error(variable: str, value: str, says: str) -> None:
     with pytest.raises(ConfigurationError, match=says) as raised:
         Settings.from_env({variable: value})
     assert variable in str(raised.value)
+
+
+def test_log_format_and_temporal_ui_url_are_normalised() -> None:
+    settings = Settings.from_env({"ACKFLOW_LOG_FORMAT": "JSON", "ACKFLOW_TEMPORAL_UI_URL": "https://ui.example/"})
+    assert (settings.log_format, settings.temporal_ui_url) == ("json", "https://ui.example")
+    assert Settings.from_env({}).log_format == ""  # each command's own default
 
 
 def test_require_names_the_missing_variable_and_an_example() -> None:

@@ -252,7 +252,7 @@ async def _load(
     trace_context = fields.pop("trace_context")
     if not linked:
         link_current_span_to(request_id, trace_context)
-    return RequestState(**fields)
+    return _state(fields)
 
 
 def _state(row: Any) -> RequestState:

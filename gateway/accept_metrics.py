@@ -22,6 +22,9 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from ackflow.metrics import ACCEPT_DURATION, ACCEPTS, UNAUTHENTICATED, UNKNOWN_KIND
 
 KIND_STATE = "accept_kind"  # where the accept handler leaves the body's kind, in the connection's state
+# Set when the answer waited for the request's outcome (`Prefer: wait=N`): that time is the work's, not
+# the accept's, so the latency histogram leaves it out (the counter still counts the answer).
+WAITED_STATE = "accept_waited"
 _accepted_kinds: set[str] = set()  # kinds this gateway accepted: bounded by the kinds workers register
 
 
@@ -58,8 +61,9 @@ class AcceptMetrics(ASGIMiddleware):
         try:
             await next_app(scope, receive, send_counted)
         finally:
-            ACCEPT_DURATION.observe(time.perf_counter() - started)
             state: dict[str, Any] = scope.get("state") or {}
+            if not state.get(WAITED_STATE):
+                ACCEPT_DURATION.observe(time.perf_counter() - started)
             # Positional labels (tenant, kind, status): a third cheaper than keywords, on the hottest path.
             ACCEPTS.labels(
                 _tenant_label(scope, state.get("tenant_id")), kind_label(state.get(KIND_STATE), status), str(status)

@@ -10,6 +10,7 @@ import asyncpg
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from ackflow.contracts import ALL_STATUSES, CANCELLED, INIT, MAX_WAIT_SECONDS, TERMINAL_STATUSES
@@ -23,7 +24,7 @@ from ackflow.logs import bind_log_context
 from ackflow.netguard import check_target
 from ackflow.settings import Settings
 from ackflow.tracing import inject, link_current_span_to
-from gateway.accept_metrics import AcceptMetrics, note_kind
+from gateway.accept_metrics import WAITED_STATE, AcceptMetrics, note_kind
 from gateway.auth import current_key, current_tenant, require_api_key
 from gateway.bodies import require_json_body
 from gateway.capabilities import CapabilityTokens
@@ -33,6 +34,7 @@ from gateway.schemas import AcceptedRequest, CreateRequest, Links, RequestLinks,
 from gateway.services import GatewayServices
 from gateway.webhook_schemas import Delivery, DeliveryPage, delivery_from_row
 
+_RESPOND_ASYNC = re.compile(r"(?:^|[,;\s])respond-async(?:$|[,;\s])", re.IGNORECASE | re.ASCII)
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+(?:\.\d+)?)", re.IGNORECASE | re.ASCII)
 
 
@@ -47,7 +49,8 @@ class RequestsController(Controller):
         "/",
         status_code=202,
         summary="Accept a request",
-        responses=None,
+        # `Prefer: wait=N`: the final state when the request ended in time.
+        responses={200: ResponseSpec(RequestState, description="The request ended within `Prefer: wait=N`")},
         guards=[require_json_body],
         middleware=[AcceptMetrics()],
     )
@@ -61,7 +64,9 @@ class RequestsController(Controller):
 
         `links.events` is a capability URL: it opens this request's event stream without the API key
         (for browsers' EventSource), and nothing else. With an `Idempotency-Key` header, a retry of
-        the same request gets the original answer and creates nothing.
+        the same request gets the original answer and creates nothing. With `Prefer: wait=N` (RFC
+        7240), a request that ends within N seconds is answered `200` with its final state; else the
+        usual `202`. `Prefer: respond-async` always answers `202` at once.
         """
         tenant_id, settings = current_tenant(request), services.settings
         note_kind(request.state, data.kind)
@@ -74,18 +79,20 @@ class RequestsController(Controller):
             row = await _insert_request(services.pool, tenant_id, data)
             link_current_span_to(row["id"], None)  # the POST's span names the request it made
             services.outbox_waker.wake()
-            return _accepted(_accepted_body(row, request, services.capability_tokens), settings)
+            return await _answer_accepted(services, request, _accepted_body(row, request, services.capability_tokens))
         async with claim_key(services.pool, tenant_id, key, ttl_seconds=settings.idempotency_ttl_seconds) as claim:
-            if claim.replay is not None:
-                response = _accepted(claim.replay.body, settings)
-                response.headers["Idempotent-Replayed"] = "true"
-                return response
-            row = await _insert_request(claim.connection, tenant_id, data)
-            link_current_span_to(row["id"], None)
-            body = _accepted_body(row, request, services.capability_tokens)
-            await claim.remember(row["id"], 202, body)
+            replay = claim.replay
+            if replay is None:
+                row = await _insert_request(claim.connection, tenant_id, data)
+                link_current_span_to(row["id"], None)
+                body = _accepted_body(row, request, services.capability_tokens)
+                await claim.remember(row["id"], 202, body)
+        if replay is not None:  # answered as the original was, and waited for as a new one would be
+            response = await _answer_accepted(services, request, replay.body)
+            response.headers["Idempotent-Replayed"] = "true"
+            return response
         services.outbox_waker.wake()
-        return _accepted(body, settings)
+        return await _answer_accepted(services, request, body)
 
     @get("/{request_id:uuid}", summary="Get a request's status and result (long poll with ?wait=N)")
     async def read(
@@ -204,6 +211,31 @@ def _accepted_body(row: asyncpg.Record, request: Request[Any, Any, Any], tokens:
     )
     built: dict[str, Any] = msgspec.to_builtins(body)
     return built
+
+
+async def _answer_accepted(
+    services: GatewayServices, request: Request[Any, Any, Any], body: dict[str, Any]
+) -> Response[Any]:
+    """The answer to an accept: `202` with `body`, or, under `Prefer: wait=N`, the final state (`200`)
+    if the request ends within N seconds. The wait comes after the commit: the accept stays one statement."""
+    prefer = request.headers.get("prefer") or ""
+    respond_async = _RESPOND_ASYNC.search(prefer) is not None
+    wait = None if respond_async else _preferred_wait(prefer)
+    if not wait:
+        response = _accepted(body, services.settings)
+        if respond_async:
+            response.headers["Preference-Applied"] = "respond-async"
+        return response
+    request.state[WAITED_STATE] = True  # the accept latency histogram leaves this answer out
+    request_id, tenant_id = uuid.UUID(str(body["id"])), current_tenant(request)
+    await _wait_until_terminal(services, request, request_id, wait)
+    state = await _load(services.pool, request_id, tenant_id, linked=True)
+    applied = {"Preference-Applied": f"wait={wait:g}"}
+    if state.status in TERMINAL_STATUSES:
+        return Response(state, status_code=200, headers={"Location": body["links"]["self"], **applied})
+    response = _accepted(body, services.settings)
+    response.headers.update(applied)
+    return response
 
 
 def _accepted(body: dict[str, Any], settings: Settings) -> Response[Any]:

@@ -216,16 +216,26 @@ class AckflowClient:
         await self._http.aclose()
 
     async def submit(
-        self, kind: str, payload: Mapping[str, Any] | None = None, *, idempotency_key: str | None = None
+        self,
+        kind: str,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        idempotency_key: str | None = None,
+        wait: float | None = None,
     ) -> RequestState:
         """Submit a request; the answer (status INIT, with `links`) means it is committed and will run.
 
         `idempotency_key` is sent as the `Idempotency-Key` header: a submit retried with the same key
         (after a lost answer, say) gets the original request back instead of creating a second one.
+        `wait` (seconds, at most 60) is sent as `Prefer: wait=N`: a request that ends by then comes
+        back in its final state (`terminal`), one that does not in its accepted state, as without it.
         """
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else None
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else {}
+        if wait is not None:
+            headers["Prefer"] = f"wait={wait:g}"
+        timeout = httpx.Timeout(self._timeout, read=self._timeout + (wait or 0))
         body = {"kind": kind, "payload": dict(payload or {})}
-        response = await self._http.post("/v1/requests", json=body, headers=headers)
+        response = await self._http.post("/v1/requests", json=body, headers=headers, timeout=timeout)
         return _decode(response, RequestState)
 
     async def get(self, request_id: RequestId, *, wait: float | None = None) -> RequestState:

@@ -35,6 +35,7 @@ from gateway.capabilities import CapabilityTokens, load_signing_key
 from gateway.deliveries_controller import DeliveriesController
 from gateway.health import HealthController
 from gateway.hub import Hub
+from gateway.kinds_controller import KindsController
 from gateway.metrics_page import metrics_page
 from gateway.open_streams import OpenStreams
 from gateway.page import index_page, static_asset
@@ -90,6 +91,7 @@ def _route_handlers(settings: Settings) -> list[ControllerRouterHandler]:
     return [
         *metrics,
         RequestsController,
+        KindsController,
         RequestStreamsController,
         TenantStreamsController,
         WebhooksController,

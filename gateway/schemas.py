@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from ackflow.contracts import EVENT_TYPE_DESCRIPTION, EVENT_TYPE_PATTERN
+from ackflow.contracts import EVENT_TYPE_DESCRIPTION, EVENT_TYPE_PATTERN, HandlerOptions
 from ackflow.handlers import KIND_PATTERN
 from ackflow.inputs import STORABLE_TEXT
 
@@ -65,6 +65,20 @@ class RequestState(msgspec.Struct):
     completed_at: datetime | None
     workflow_id: str | None = None  # the Temporal workflow it runs in (a batch's), once admitted
     links: RequestLinks | None = None
+
+
+class RegisteredKind(msgspec.Struct):
+    """A kind a worker handles: its task queue and how its handler is scheduled (None until a worker
+    registered its options)."""
+
+    kind: str
+    task_queue: str
+    registered_at: datetime
+    options: HandlerOptions | None
+
+
+class RegisteredKinds(msgspec.Struct):
+    items: list[RegisteredKind]
 
 
 class RequestPage(msgspec.Struct):

@@ -877,3 +877,8 @@ SELECT id, endpoint_id, event_id, event_type, url, state, attempts, last_status,
 -- name: operator_delivery_attempts
 SELECT delivery_id, attempt, trigger, attempted_at, status_code, latency_ms, error
   FROM webhook_attempts WHERE delivery_id = ANY ($1::uuid[]) ORDER BY id;
+
+-- name: list_handler_kinds
+-- GET /v1/kinds: every kind a worker has registered, with its scheduling options ('{}' before a
+-- worker registered them: NULL).
+SELECT kind, task_queue, registered_at, nullif(options, '{}'::jsonb) AS options FROM handler_kinds ORDER BY kind;

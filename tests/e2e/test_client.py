@@ -158,6 +158,18 @@ async def test_submit_then_wait_returns_done_with_the_echoed_result(sdk: Ackflow
     assert await sdk.get(accepted.id) == final
 
 
+async def test_submit_with_wait_returns_the_final_state_when_fast_and_the_accepted_one_when_not(
+    sdk: AckflowClient,
+) -> None:
+    fast = await sdk.submit("echo", {"hello": "world"}, wait=10)
+    assert fast.terminal and fast.status == "DONE" and fast.result == {"hello": "world"}
+    assert fast.completed_at is not None and (await sdk.get(fast.id)).version == fast.version
+
+    slow = await sdk.submit("sleep", {"seconds": 30}, wait=1)
+    assert slow.status == "INIT" and not slow.terminal
+    await sdk.cancel(slow.id)
+
+
 async def test_wait_returns_the_failed_state_with_its_error_instead_of_raising(sdk: AckflowClient) -> None:
     accepted = await sdk.submit("fail", {"message": "out of paper"})
 

@@ -63,6 +63,22 @@ class Links(msgspec.Struct, frozen=True):
     events: str | None = None
 
 
+class Progress(msgspec.Struct, frozen=True, kw_only=True):
+    """The latest progress report of a running request: `fraction` done (0..1), `message`, `partial` result."""
+
+    at: datetime
+    fraction: float | None = None
+    message: str | None = None
+    partial: Any = None
+
+
+class Waiting(msgspec.Struct, frozen=True, kw_only=True):
+    """The outside input a running request waits for (deliver it with `send_input`), since when."""
+
+    input: str
+    since: datetime
+
+
 class RequestState(msgspec.Struct, frozen=True, kw_only=True):
     """A request as the API reports it. Fields a response leaves out are None.
 
@@ -80,6 +96,8 @@ class RequestState(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: datetime | None = None
     completed_at: datetime | None = None
     workflow_id: str | None = None
+    progress: Progress | None = None
+    waiting: Waiting | None = None
     links: Links | None = None
 
     @property
@@ -89,7 +107,8 @@ class RequestState(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class StreamEvent(msgspec.Struct, frozen=True):
-    """One status change: `id` is the SSE id (pass it as `last_event_id` to resume), `event` its topic."""
+    """One event of the request (a status change, a progress report): `id` is the SSE id (pass it as
+    `last_event_id` to resume), `event` its topic."""
 
     id: str
     event: str
@@ -238,9 +257,12 @@ class AckflowClient:
         response = await self._http.post("/v1/requests", json=body, headers=headers, timeout=timeout)
         return _decode(response, RequestState)
 
-    async def get(self, request_id: RequestId, *, wait: float | None = None) -> RequestState:
-        """The request's state now; with `wait` (seconds, at most 60), as soon as it ends or after `wait`."""
-        params = {"wait": wait} if wait is not None else None
+    async def get(self, request_id: RequestId, *, wait: float | None = None, progress: bool = False) -> RequestState:
+        """The request's state now; with `wait` (seconds, at most 60), as soon as it ends (with
+        `progress`, as soon as it changes: a progress report too) or after `wait`."""
+        params: dict[str, Any] | None = None
+        if wait is not None:
+            params = {"wait": wait, "progress": "true"} if progress else {"wait": wait}
         timeout = httpx.Timeout(self._timeout, read=self._timeout + (wait or 0))
         response = await self._http.get(_path(request_id), params=params, timeout=timeout)
         return _decode(response, RequestState)

@@ -52,15 +52,38 @@ TOPIC_FOR_STATUS = {
 }
 _STATUS_TOPICS = [topic for status, topic in TOPIC_FOR_STATUS.items() if status != INIT]  # in order
 STATUS_TOPICS = frozenset(_STATUS_TOPICS)
-# What a webhook endpoint's event_types and a request's callback_events may name: a status topic, or
-# `request.*` for all of them (fan_out_webhooks matches the wildcard by the topic's first part).
-EVENT_TYPE_PATTERN = r"^request\.(\*|" + "|".join(t.removeprefix("request.") for t in _STATUS_TOPICS) + ")$"
-EVENT_TYPE_DESCRIPTION = ", ".join(_STATUS_TOPICS) + ", or request.*"
+TOPIC_PROGRESS = "request.progress"  # a progress report of a PROCESSING request (ackflow/progress_reports.py)
+TOPIC_WAITING = "request.waiting"  # a workflow kind waits for outside input (ackflow/workflow_kinds.py)
+TOPIC_INPUT_RECEIVED = "request.input_received"  # that input was accepted: the request runs on
+TOPIC_INPUT = "request.input"  # outbox only: relay an accepted input to the workflow waiting for it
+# The events of a request's history that every channel carries (request_events.topic).
+EVENT_TOPICS = STATUS_TOPICS | {TOPIC_PROGRESS, TOPIC_WAITING, TOPIC_INPUT_RECEIVED}
+# Event types a webhook gets only if it names them: `request.*` means every other one.
+OPT_IN_EVENT_TYPES = (TOPIC_PROGRESS,)
+# What a webhook endpoint's event_types and a request's callback_events may name: an event topic, or
+# `request.*` for every one but the opt-in ones (fan_out_webhooks matches the wildcard).
+_EVENT_TYPES = [*_STATUS_TOPICS, TOPIC_WAITING, TOPIC_INPUT_RECEIVED, *OPT_IN_EVENT_TYPES]
+EVENT_TYPE_PATTERN = r"^request\.(\*|" + "|".join(t.removeprefix("request.") for t in _EVENT_TYPES) + ")$"
+EVENT_TYPE_DESCRIPTION = ", ".join(_EVENT_TYPES) + ", or request.* (every one but request.progress)"
 
 
 # The HTTP API, as the gateway serves it and ackflow.client relies on it.
 MAX_WAIT_SECONDS = 60  # the longest long poll (GET /v1/requests/{id}?wait=, Prefer: wait=)
 PROBLEM_MEDIA_TYPE = "application/problem+json"  # every error answer (RFC 9457)
+
+
+WORK_WORKFLOW_PREFIX = "work-"
+INPUT_SIGNAL = "ackflow_input"  # to a workflow kind's run: {"name": ..., "value": ...}
+
+
+def work_workflow_id(request_id: str) -> str:
+    """The workflow id of a workflow kind's run for the request (a child of its batch): one run per request."""
+    return WORK_WORKFLOW_PREFIX + request_id
+
+
+def request_of_work(workflow_id: str) -> str | None:
+    """The request a workflow kind's run is for, from its workflow id; None for any other workflow."""
+    return workflow_id.removeprefix(WORK_WORKFLOW_PREFIX) if workflow_id.startswith(WORK_WORKFLOW_PREFIX) else None
 
 
 def workflow_id_for(request_id: str) -> str:
@@ -78,6 +101,9 @@ class HandlerOptions:
     max_attempts: int = 5
     initial_retry_seconds: float = 1.0
     max_retry_seconds: float = 60.0
+    # A workflow kind: the Temporal workflow type that does the work, as a child of the request's batch
+    # (start_to_close_seconds bounds its whole run). None: the kind's handler function.
+    workflow: str | None = None
 
 
 @dataclass
@@ -154,6 +180,36 @@ class StartProcessingOutput:
 
     proceed: bool
     handler: HandlerOptions = field(default_factory=HandlerOptions)
+
+
+@dataclass
+class StartWorkInput:
+    request_id: str
+
+
+@dataclass
+class StartWorkOutput:
+    """`proceed` False: the request already ended (cancelled before it started). `payload`: the
+    workflow kind's argument."""
+
+    proceed: bool
+    payload: Any = None
+
+
+@dataclass
+class RecordWorkInput:
+    """A workflow kind's run returned `result`: the request is DONE with it."""
+
+    request_id: str
+    result: Any = None
+
+
+@dataclass
+class MarkWaitingInput:
+    """A workflow kind's run waits for the outside input `input` (None: it has it, or stopped waiting)."""
+
+    request_id: str
+    input: str | None
 
 
 @dataclass

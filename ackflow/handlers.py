@@ -38,9 +38,14 @@ class PermanentError(Exception):
 
 @dataclass(frozen=True)
 class Handler:
+    """A kind's work: its handler `function`, or (a workflow kind, ackflow/workflow_kinds.py) the
+    `workflow` class ackflow starts for each request and the `activities` it runs."""
+
     kind: str
-    function: HandlerFunction
+    function: HandlerFunction | None
     options: HandlerOptions
+    workflow: type | None = None
+    activities: tuple[Callable[..., Any], ...] = ()
 
 
 class HandlerRegistry:
@@ -50,14 +55,24 @@ class HandlerRegistry:
         self._handlers: dict[str, Handler] = {}
 
     def add(self, kind: str, function: HandlerFunction, options: HandlerOptions) -> None:
-        if not KIND_PATTERN.match(kind):
+        self._add(Handler(kind, function, options))
+
+    def add_workflow(
+        self, kind: str, workflow: type, activities: tuple[Callable[..., Any], ...], options: HandlerOptions
+    ) -> None:
+        self._add(Handler(kind, None, options, workflow, activities))
+
+    def _add(self, handler: Handler) -> None:
+        if not KIND_PATTERN.match(handler.kind):
             raise ConfigurationError(
-                f"handler kind {kind!r} is not valid: use 1-64 of a-z 0-9 _ . - starting with a letter"
+                f"handler kind {handler.kind!r} is not valid: use 1-64 of a-z 0-9 _ . - starting with a letter"
             )
-        existing = self._handlers.get(kind)
-        if existing is not None and existing.function is not function:
-            raise ConfigurationError(f"handler kind {kind!r} is registered twice; give each handler its own kind")
-        self._handlers[kind] = Handler(kind, function, options)
+        existing = self._handlers.get(handler.kind)
+        if existing is not None and (existing.function, existing.workflow) != (handler.function, handler.workflow):
+            raise ConfigurationError(
+                f"handler kind {handler.kind!r} is registered twice; give each handler its own kind"
+            )
+        self._handlers[handler.kind] = handler
 
     def get(self, kind: str) -> Handler | None:
         return self._handlers.get(kind)
@@ -67,6 +82,9 @@ class HandlerRegistry:
 
     def handlers(self) -> list[Handler]:
         return [self._handlers[kind] for kind in self.kinds()]
+
+    def workflow_kinds(self) -> list[Handler]:
+        return [handler for handler in self.handlers() if handler.workflow is not None]
 
 
 registry = HandlerRegistry()
@@ -86,20 +104,15 @@ def handler(
     `timeout` bounds one attempt; `heartbeat_timeout`, if set, fails an attempt whose handler stopped
     calling `heartbeat()`; retries back off from `initial_retry` to `max_retry` seconds.
     """
-    if timeout <= 0 or (heartbeat_timeout is not None and heartbeat_timeout <= 0):
-        raise ConfigurationError(f"handler {kind!r}: timeout and heartbeat_timeout must be greater than zero")
-    if max_attempts < 1:
-        raise ConfigurationError(f"handler {kind!r}: max_attempts must be at least 1")
-    if not 0 < initial_retry <= max_retry:
-        raise ConfigurationError(
-            f"handler {kind!r}: retries need 0 < initial_retry ({initial_retry}) <= max_retry ({max_retry})"
-        )
-    options = HandlerOptions(
-        start_to_close_seconds=timeout,
-        heartbeat_seconds=heartbeat_timeout,
-        max_attempts=max_attempts,
-        initial_retry_seconds=initial_retry,
-        max_retry_seconds=max_retry,
+    options = checked_options(
+        kind,
+        HandlerOptions(
+            start_to_close_seconds=timeout,
+            heartbeat_seconds=heartbeat_timeout,
+            max_attempts=max_attempts,
+            initial_retry_seconds=initial_retry,
+            max_retry_seconds=max_retry,
+        ),
     )
 
     def register(function: HandlerFunction) -> HandlerFunction:
@@ -107,6 +120,21 @@ def handler(
         return function
 
     return register
+
+
+def checked_options(kind: str, options: HandlerOptions) -> HandlerOptions:
+    """The options, if they make sense; a ConfigurationError naming the kind if not."""
+    heartbeat_timeout = options.heartbeat_seconds
+    if options.start_to_close_seconds <= 0 or (heartbeat_timeout is not None and heartbeat_timeout <= 0):
+        raise ConfigurationError(f"handler {kind!r}: timeout and heartbeat_timeout must be greater than zero")
+    if options.max_attempts < 1:
+        raise ConfigurationError(f"handler {kind!r}: max_attempts must be at least 1")
+    if not 0 < options.initial_retry_seconds <= options.max_retry_seconds:
+        raise ConfigurationError(
+            f"handler {kind!r}: retries need 0 < initial_retry ({options.initial_retry_seconds})"
+            f" <= max_retry ({options.max_retry_seconds})"
+        )
+    return options
 
 
 def heartbeat(*details: Any) -> None:

@@ -21,7 +21,7 @@ import asyncpg
 import uvicorn
 from redis.asyncio import Redis
 
-from ackflow.contracts import STATUS_TOPICS, TOPIC_ACCEPTED, TOPIC_BATCH, TOPIC_CANCEL_REQUESTED
+from ackflow.contracts import EVENT_TOPICS, TOPIC_ACCEPTED, TOPIC_BATCH, TOPIC_CANCEL_REQUESTED
 from ackflow.events import Route
 from ackflow.handlers import HandlerRegistry
 from ackflow.metrics import REFRESH, Refresher, dependency_check
@@ -90,7 +90,7 @@ def relay_routes(client: Client, redis: Redis, settings: Settings, pool: asyncpg
         TOPIC_ACCEPTED: dispatcher.start_request,
         TOPIC_CANCEL_REQUESTED: CancelRequestRoute(pool, dispatcher),
     }
-    routes.update({topic: on_status for topic in STATUS_TOPICS})
+    routes.update({topic: on_status for topic in EVENT_TOPICS})
     return routes
 
 

@@ -80,6 +80,13 @@ class Settings:
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
     metrics_token: str = field(default="", repr=False)
+    # Progress (ackflow/progress_reports.py): at most one report written per request per interval; the bytes a
+    # report's partial result may take.
+    progress_interval_seconds: float = 0.25
+    max_partial_bytes: int = 64 * 1024
+    # Inputs to waiting workflow kinds: how long a capability link to deliver one works, how large one may be.
+    input_link_ttl_seconds: int = 7 * 24 * 3600
+    max_input_bytes: int = 64 * 1024
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -208,6 +215,10 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "metrics_port": ("ACKFLOW_METRICS_PORT", lambda raw: _at_most(int(raw), 65535)),
     "metrics_host": ("ACKFLOW_METRICS_HOST", str),
     "metrics_token": ("ACKFLOW_METRICS_TOKEN", str),
+    "progress_interval_seconds": ("ACKFLOW_PROGRESS_INTERVAL_SECONDS", float),
+    "max_partial_bytes": ("ACKFLOW_MAX_PARTIAL_BYTES", int),
+    "input_link_ttl_seconds": ("ACKFLOW_INPUT_LINK_TTL_SECONDS", int),
+    "max_input_bytes": ("ACKFLOW_MAX_INPUT_BYTES", int),
 }
 
 _HINTS = {

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 from temporalio.exceptions import ApplicationError
 
 from ackflow.contracts import HandlerOptions
@@ -53,3 +54,19 @@ def outcome_of(error: dict[str, Any] | None, retryable: bool, options: HandlerOp
 def handler_ran(kind: str, outcome: str, started: float) -> None:
     """Record a run of `kind` that began at `started` (time.perf_counter())."""
     HANDLER_DURATION.labels(kind=kind, outcome=outcome).observe(time.perf_counter() - started)
+
+
+def check_result(result: Any, max_bytes: int) -> None:
+    """A non-retryable ApplicationError unless the result is JSON within `max_bytes` (retrying returns the same)."""
+    try:
+        encoded = msgspec.json.encode(result)
+    except (TypeError, msgspec.EncodeError) as exc:
+        raise ApplicationError(
+            f"handler result is not JSON-serialisable: {exc}", type="InvalidResult", non_retryable=True
+        ) from None
+    if len(encoded) > max_bytes:
+        raise ApplicationError(
+            f"handler result is {len(encoded)} bytes, over the {max_bytes}-byte limit",
+            type="ResultTooLarge",
+            non_retryable=True,
+        )

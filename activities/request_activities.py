@@ -10,7 +10,6 @@ import uuid
 from typing import Any
 
 import asyncpg
-import msgspec
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -38,7 +37,8 @@ from ackflow.db.queries import sql
 from ackflow.db.transitions import transition, transition_many
 from ackflow.handlers import HandlerRegistry, PermanentError
 from ackflow.logs import bind_log_context, log_context
-from activities.handler_runs import handler_ran, outcome_of, run_once
+from ackflow.progress_reports import ProgressReports
+from activities.handler_runs import check_result, handler_ran, outcome_of, run_once
 from activities.handler_spans import handler_span, record_outcome
 from activities.outcomes import OutcomeRecorder
 
@@ -56,8 +56,16 @@ HANDOVER_KEEP_SECONDS = 600.0
 class RequestActivities:
     """Activities bound to a Postgres pool and the worker's handler registry."""
 
-    def __init__(self, pool: asyncpg.Pool, registry: HandlerRegistry, *, max_result_bytes: int = 1024 * 1024):
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        registry: HandlerRegistry,
+        *,
+        max_result_bytes: int = 1024 * 1024,
+        progress: ProgressReports | None = None,
+    ):
         self._pool = pool
+        self._progress = progress or ProgressReports(pool)
         self._registry = registry
         self._max_result_bytes = max_result_bytes
         self._outcomes = OutcomeRecorder(pool)
@@ -99,7 +107,8 @@ class RequestActivities:
         """run_handler's attempt, in its span (an exception it raises marks the span an error) and timed."""
         started = time.perf_counter()
         try:
-            result = await function(payload)
+            async with self._progress.reporting(run.request_id):
+                result = await function(payload)
         except PermanentError as exc:
             handler_ran(run.kind, "failed", started)
             raise ApplicationError(str(exc), type="PermanentError", non_retryable=True) from None
@@ -228,7 +237,8 @@ class RequestActivities:
         else:
             started = time.perf_counter()
             try:
-                result, error, retryable = await run_once(handler, options, payload, self._check_result)
+                async with self._progress.reporting(request.request_id):
+                    result, error, retryable = await run_once(handler, options, payload, self._check_result)
             except asyncio.CancelledError:  # its request ended meanwhile, or its activity was cancelled
                 handler_ran(request.kind, "cancelled", started)
                 raise
@@ -267,18 +277,7 @@ class RequestActivities:
         return handler.options if handler else HandlerOptions()
 
     def _check_result(self, result: Any) -> None:
-        try:
-            encoded = msgspec.json.encode(result)
-        except (TypeError, msgspec.EncodeError) as exc:
-            raise ApplicationError(
-                f"handler result is not JSON-serialisable: {exc}", type="InvalidResult", non_retryable=True
-            ) from None
-        if len(encoded) > self._max_result_bytes:
-            raise ApplicationError(
-                f"handler result is {len(encoded)} bytes, over the {self._max_result_bytes}-byte limit",
-                type="ResultTooLarge",
-                non_retryable=True,
-            )
+        check_result(result, self._max_result_bytes)
 
     async def _status(self, request_id: str) -> str | None:
         row = await self._pool.fetchrow(sql("get_request_status"), uuid.UUID(request_id))

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import asyncpg
 import msgspec
 
+from ackflow.contracts import OPT_IN_EVENT_TYPES
 from ackflow.db.queries import sql
 from ackflow.events import OutboxEvent
 from ackflow.group_commit import GroupCommit
@@ -58,5 +59,6 @@ class WebhookFanout:
             [event.tenant_id for event in events],
             [event.request_id for event in events],
             [event.body for event in events],
+            list(OPT_IN_EVENT_TYPES),
         )
         return [None] * len(events)

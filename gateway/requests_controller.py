@@ -30,7 +30,16 @@ from gateway.bodies import require_json_body
 from gateway.capabilities import CapabilityTokens
 from gateway.cursors import MAX_PAGE_SIZE, decode_cursor, encode_cursor
 from gateway.idempotency import claim_key, parse_key
-from gateway.schemas import AcceptedRequest, CreateRequest, Links, RequestLinks, RequestPage, RequestState
+from gateway.schemas import (
+    AcceptedRequest,
+    CreateRequest,
+    Links,
+    Progress,
+    RequestLinks,
+    RequestPage,
+    RequestState,
+    Waiting,
+)
 from gateway.services import GatewayServices
 from gateway.webhook_schemas import Delivery, DeliveryPage, delivery_from_row
 
@@ -101,8 +110,12 @@ class RequestsController(Controller):
         request_id: FromPath[uuid.UUID],
         services: NamedDependency[GatewayServices],
         wait: Annotated[float | None, QueryParameter(ge=0, le=MAX_WAIT_SECONDS)] = None,
+        progress: Annotated[
+            bool, QueryParameter(description="with wait: answer on the next progress report too, not only the end")
+        ] = False,
     ) -> Response[RequestState]:
-        """With `?wait=N` (or `Prefer: wait=N`), answer as soon as the request ends, or after N seconds."""
+        """With `?wait=N` (or `Prefer: wait=N`), answer as soon as the request ends (with `progress=true`,
+        as soon as it changes), or after N seconds."""
         tenant_id = current_tenant(request)
         bind_log_context(request_id=request_id)
         headers: dict[str, str] = {}
@@ -112,7 +125,7 @@ class RequestsController(Controller):
             headers["Preference-Applied"] = f"wait={preferred:g}"
         state = await _load(services.pool, request_id, tenant_id)
         if wait and state.status not in TERMINAL_STATUSES:
-            await _wait_until_terminal(services, request, request_id, wait)
+            await _wait_until_terminal(services, request, request_id, wait, state.version if progress else None)
             state = await _load(services.pool, request_id, tenant_id, linked=True)
         if state.status not in TERMINAL_STATUSES:
             headers["Retry-After"] = str(services.settings.retry_after_seconds)
@@ -185,13 +198,18 @@ class RequestsController(Controller):
 
 
 async def _wait_until_terminal(
-    services: GatewayServices, request: Request[Any, Any, Any], request_id: uuid.UUID, wait: float
+    services: GatewayServices,
+    request: Request[Any, Any, Any],
+    request_id: uuid.UUID,
+    wait: float,
+    past_version: int | None = None,
 ) -> None:
-    """The long poll's wait, cut short (401) if the caller's key is revoked meanwhile."""
+    """The long poll's wait (until the end, or a change past `past_version`), cut short (401) if the
+    caller's key is revoked meanwhile."""
     assert services.streams.open_streams is not None
     lease = services.streams.open_streams.watch_key(current_tenant(request), current_key(request))
     try:
-        await services.streams.wait_until_terminal(lease.tenant_id, request_id, wait, lease)
+        await services.streams.wait_until_terminal(lease.tenant_id, request_id, wait, lease, past_version=past_version)
     finally:
         lease.release()
     if lease.revoked:
@@ -290,7 +308,14 @@ async def _load(
 def _state(row: Any) -> RequestState:
     location = f"/v1/requests/{row['id']}"
     links = RequestLinks(self=location, events=f"{location}/events", deliveries=f"{location}/deliveries")
-    return RequestState(**dict(row), links=links)
+    fields = dict(row)
+    progress, waiting = fields.pop("progress"), fields.pop("waiting")
+    return RequestState(
+        **fields,
+        progress=None if progress is None else msgspec.convert(progress, Progress),
+        waiting=None if waiting is None else msgspec.convert(waiting, Waiting),
+        links=links,
+    )
 
 
 def _preferred_wait(prefer: str | None) -> float | None:

@@ -50,6 +50,24 @@ class AcceptedRequest(msgspec.Struct):
     links: Links
 
 
+class Progress(msgspec.Struct, omit_defaults=True):
+    """The latest progress report of a running request (ackflow/progress_reports.py): the fraction done (0..1),
+    a message, a partial result, when it was reported."""
+
+    at: datetime
+    fraction: float | None = None
+    message: str | None = None
+    partial: Any = None
+
+
+class Waiting(msgspec.Struct):
+    """What a running request waits for: the outside input named `input` (POST it to
+    /v1/requests/{id}/input/{input}), since when."""
+
+    input: str
+    since: datetime
+
+
 class RequestState(msgspec.Struct):
     """A request as GET returns it."""
 
@@ -64,6 +82,8 @@ class RequestState(msgspec.Struct):
     updated_at: datetime
     completed_at: datetime | None
     workflow_id: str | None = None  # the Temporal workflow it runs in (a batch's), once admitted
+    progress: Progress | None = None
+    waiting: Waiting | None = None
     links: RequestLinks | None = None
 
 

@@ -129,10 +129,17 @@ class Streams:
                 live = True
 
     async def wait_until_terminal(
-        self, tenant_id: uuid.UUID, request_id: uuid.UUID, timeout: float, lease: StreamLease
+        self,
+        tenant_id: uuid.UUID,
+        request_id: uuid.UUID,
+        timeout: float,
+        lease: StreamLease,
+        *,
+        past_version: int | None = None,
     ) -> None:
-        """Return when the request has ended, or after `timeout` seconds, or when the lease's key is
-        revoked (the caller checks `lease.revoked`), whichever is first."""
+        """Return when the request has ended (or, given `past_version`, changed past it: a progress
+        report counts), or after `timeout` seconds, or when the lease's key is revoked (the caller
+        checks `lease.revoked`), whichever is first."""
         deadline = time.monotonic() + timeout
         async with self.hub.subscribe(request_channel(str(request_id))) as subscription:
             lease.watch(subscription)
@@ -140,15 +147,22 @@ class Streams:
                 position = await self.position(tenant_id, request_id, 0)
                 if position is None or position.status in TERMINAL_STATUSES:
                     return
+                if past_version is not None and position.version > past_version:
+                    return
                 cursor = RequestCursor(str(request_id), position.version)
-                if not await self._until_worth_reading(subscription, lease, deadline, cursor):
+                if not await self._until_worth_reading(subscription, lease, deadline, cursor, past_version):
                     return
 
     async def _until_worth_reading(
-        self, subscription: Subscription, lease: StreamLease, deadline: float, cursor: RequestCursor
+        self,
+        subscription: Subscription,
+        lease: StreamLease,
+        deadline: float,
+        cursor: RequestCursor,
+        past_version: int | None,
     ) -> bool:
-        """Wait until Postgres may show that the request ended (True), or until the deadline or the
-        lease's revocation (False)."""
+        """Wait until Postgres may show that the request ended or (given `past_version`) changed past
+        it (True), or until the deadline or the lease's revocation (False)."""
         while (left := deadline - time.monotonic()) > 0 and not lease.revoked:
             wait = left if self.hub.healthy else min(left, self.poll_seconds)
             message = await subscription.next(wait)
@@ -158,6 +172,8 @@ class Streams:
                 continue
             live = _decoded(message)
             if live is not None and cursor.must_read(live):
+                return True
+            if past_version is not None and cursor.version > past_version:
                 return True
         return False
 

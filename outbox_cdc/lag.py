@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from datetime import datetime
 
-from ackflow.contracts import STATUS_TOPICS, TOPIC_ACCEPTED, TOPIC_BATCH
+from ackflow.contracts import EVENT_TOPICS, TOPIC_ACCEPTED, TOPIC_BATCH
 from ackflow.events import OutboxEvent
 from ackflow.metrics import RELAY_LAG
 
@@ -23,7 +23,7 @@ def committed_at(event: OutboxEvent) -> float | None:
         if event.request_id.version != 7:
             return None
         return (event.request_id.int >> 80) / 1000.0
-    if event.topic in STATUS_TOPICS:
+    if event.topic in EVENT_TOPICS:
         updated_at = event.payload.get("updated_at")
         if isinstance(updated_at, str):
             try:

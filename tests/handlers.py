@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 from ackflow.handlers import PermanentError, handler
+from ackflow.progress_reports import progress
 
 _attempts: dict[str, int] = {}
 
@@ -46,3 +47,15 @@ async def log_line(payload: Any) -> dict[str, str]:
     """Logs `payload["note"]` at WARNING, then fails with it: what a handler says about its request."""
     logging.getLogger("tests.handlers").warning("handling: %s", payload["note"])
     raise PermanentError(f"gave up on {payload['note']}")
+
+
+@handler("steps", timeout=60, max_attempts=1)
+async def steps(payload: Any) -> dict[str, int]:
+    """Reports progress `payload["reports"]` times, `payload["gap"]` seconds apart: i/n done, "step i",
+    partial {"step": i}."""
+    reports, gap = int(payload["reports"]), float(payload.get("gap", 0))
+    for i in range(1, reports + 1):
+        if gap:
+            await asyncio.sleep(gap)
+        await progress(i / reports, f"step {i}", partial={"step": i})
+    return {"steps": reports}

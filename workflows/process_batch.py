@@ -33,6 +33,10 @@ So:
   request only.
 - Kinds with a heartbeat timeout (long handlers that heartbeat to notice cancellation and crashes)
   run alone from the start, exactly as a single request's workflow ran them.
+- A workflow kind (ackflow/workflow_kinds.py) runs alone too: PROCESSING, then the user's workflow
+  as a child of the batch (`work-<request id>`), then DONE with its result or FAILED with its
+  failure; cancelling the request cancels the child. Histories of before workflow kinds never take
+  this path (no request in them names a workflow), so they replay as they ran.
 - Cancelling one request: the relay records CANCELLED and signals `cancel_request`, which cancels
   the request's own activity if it runs alone; a handler in `run_batch` is stopped by the activity,
   which looks each second for requests of it that ended. Cancelling the workflow cancels them all.
@@ -48,7 +52,7 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, CancelledError, is_cancelled_exception
+from temporalio.exceptions import ActivityError, CancelledError, ChildWorkflowError, is_cancelled_exception
 
 from ackflow.contracts import (
     CANCEL_REQUEST_SIGNAL,
@@ -63,7 +67,7 @@ from ackflow.contracts import (
     RunBatchInput,
     RunBatchOutput,
 )
-from workflows.request_steps import describe_failure, finish, finish_many, run_handler
+from workflows.request_steps import describe_failure, finish, finish_many, run_handler, run_work
 
 # Beyond the longest handler timeout of the batch: time to record the outcomes.
 BATCH_SLACK = timedelta(seconds=60)
@@ -75,8 +79,9 @@ BATCH_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempt
 
 
 def runs_together(request: ProcessRequestInput) -> bool:
-    """Whether the request's first attempt runs in the batch activity (its kind does not heartbeat)."""
-    return request.handler is None or request.handler.heartbeat_seconds is None
+    """Whether the request's first attempt runs in the batch activity (its kind is a handler that does
+    not heartbeat; a workflow kind runs as its own child workflow)."""
+    return request.handler is None or (request.handler.heartbeat_seconds is None and request.handler.workflow is None)
 
 
 # Unsandboxed, as ProcessRequestWorkflow and for the same reason: it only sequences activities.
@@ -177,8 +182,11 @@ class ProcessBatchWorkflow:
         if attempts_done:  # the batch's attempt failed: wait the policy's first backoff, as Temporal would
             await workflow.sleep(timedelta(seconds=options.initial_retry_seconds))
         try:
-            await run_handler(request.request_id, request.kind, options, attempts_done=attempts_done)
-        except ActivityError as failure:
+            if options.workflow is not None:
+                await run_work(request.request_id, options)
+            else:
+                await run_handler(request.request_id, request.kind, options, attempts_done=attempts_done)
+        except (ActivityError, ChildWorkflowError) as failure:
             if isinstance(failure.cause, CancelledError):
                 if request.request_id not in self._cancelled:
                     raise  # the whole workflow is being cancelled: run() records CANCELLED for all

@@ -10,9 +10,19 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError, TimeoutError
 
-from ackflow.contracts import FinishInput, FinishManyInput, HandlerOptions, RunHandlerInput, RunHandlerOutput
+from ackflow.contracts import (
+    FinishInput,
+    FinishManyInput,
+    HandlerOptions,
+    RecordWorkInput,
+    RunHandlerInput,
+    RunHandlerOutput,
+    StartWorkInput,
+    StartWorkOutput,
+    work_workflow_id,
+)
 
 # Bookkeeping transactions are short; retry them for as long as Postgres takes to come back.
 BOOKKEEPING_TIMEOUT = timedelta(seconds=30)
@@ -43,6 +53,35 @@ async def run_handler(
     return output
 
 
+async def run_work(request_id: str, options: HandlerOptions) -> None:
+    """A workflow kind's run (ackflow/workflow_kinds.py): PROCESSING, the user's workflow as a child
+    (one run per request: its id comes from the request's), DONE with what it returns. Its failure
+    raises ChildWorkflowError; cancelling the caller cancels it and waits until it has stopped."""
+    started: StartWorkOutput = await workflow.execute_local_activity(
+        "start_work",
+        StartWorkInput(request_id),
+        result_type=StartWorkOutput,
+        start_to_close_timeout=BOOKKEEPING_TIMEOUT,
+        retry_policy=BOOKKEEPING_RETRY,
+    )
+    if not started.proceed:
+        return  # it ended before it started (cancelled)
+    assert options.workflow is not None
+    result = await workflow.execute_child_workflow(
+        options.workflow,
+        started.payload,
+        id=work_workflow_id(request_id),
+        task_queue=workflow.info().task_queue,
+        execution_timeout=timedelta(seconds=options.start_to_close_seconds),
+    )
+    await workflow.execute_local_activity(
+        "record_work_result",
+        RecordWorkInput(request_id, result),
+        start_to_close_timeout=BOOKKEEPING_TIMEOUT,
+        retry_policy=BOOKKEEPING_RETRY,
+    )
+
+
 async def finish(finish: FinishInput) -> None:
     """Record FAILED or CANCELLED (a request already ended stays as it is)."""
     await workflow.execute_local_activity(
@@ -60,8 +99,8 @@ async def finish_many(finishes: list[FinishInput]) -> None:
     )
 
 
-def describe_failure(failure: ActivityError) -> dict[str, Any]:
-    """The error recorded on a FAILED request: what kind of failure, and the handler's message."""
+def describe_failure(failure: ActivityError | ChildWorkflowError) -> dict[str, Any]:
+    """The error recorded on a FAILED request: what kind of failure, and the handler's (or workflow's) message."""
     cause = failure.cause
     if isinstance(cause, ApplicationError):
         return {"type": cause.type or "HandlerError", "message": cause.message}

@@ -31,7 +31,8 @@ WITH changed AS (
     UPDATE requests
        SET status = $2, version = version + 1, updated_at = now(),
            result = COALESCE($4::jsonb, result), error = COALESCE($5::jsonb, error),
-           completed_at = CASE WHEN $2 IN ('DONE', 'FAILED', 'CANCELLED') THEN now() END
+           completed_at = CASE WHEN $2 IN ('DONE', 'FAILED', 'CANCELLED') THEN now() END,
+           waiting = CASE WHEN $2 IN ('DONE', 'FAILED', 'CANCELLED') THEN NULL ELSE waiting END
      WHERE id = $1 AND status = ANY($3::text[])
     RETURNING *
 ), event AS (
@@ -46,10 +47,80 @@ SELECT c.id, c.status, c.version, e.id AS event_id, CASE WHEN $2 = 'PROCESSING' 
        c.tenant_id, CASE WHEN $2 = 'PROCESSING' THEN c.trace_context END AS trace_context
   FROM changed c, event e;
 
+-- name: report_progress
+-- A progress report of a PROCESSING request, as a status change is recorded: requests + request_events
+-- + outbox in one statement, with the next version. $2 the fraction done (0..1, or NULL), $3 the
+-- message, $4 the partial result; the fraction never moves back unless $5 (the handler said so), so a
+-- retried attempt starting over does not undo what the client saw. No row back: the request is not
+-- PROCESSING (it ended, or a stale attempt reported late).
+WITH changed AS (
+    UPDATE requests
+       SET version = version + 1, updated_at = now(),
+           progress = jsonb_strip_nulls(jsonb_build_object(
+               'fraction', CASE WHEN $5::boolean THEN $2::float8 ELSE greatest($2::float8, (progress ->> 'fraction')::float8) END,
+               'message', $3::text, 'partial', $4::jsonb, 'at', ackflow_timestamp(now())))
+     WHERE id = $1 AND status = 'PROCESSING'
+    RETURNING *
+), event AS (
+    INSERT INTO request_events (request_id, tenant_id, topic, status, version, data)
+    SELECT r.id, r.tenant_id, 'request.progress', r.status, r.version, ackflow_request_state(r) FROM changed r
+    RETURNING id, request_id, tenant_id, topic, data
+)
+INSERT INTO outbox (topic, tenant_id, request_id, event_id, payload)
+SELECT topic, tenant_id, request_id, id, data FROM event
+RETURNING event_id;
+
+-- name: mark_waiting
+-- A workflow kind's run waits for the outside input $2 (NULL: it stopped waiting, its wait timed out),
+-- recorded as a status change is, with a request.waiting event. Run again (a retried activity), it
+-- changes nothing: the request already says so.
+WITH changed AS (
+    UPDATE requests
+       SET version = version + 1, updated_at = now(),
+           waiting = CASE WHEN $2::text IS NOT NULL
+                          THEN jsonb_build_object('input', $2::text, 'since', ackflow_timestamp(now())) END
+     WHERE id = $1 AND status = 'PROCESSING' AND (waiting ->> 'input') IS DISTINCT FROM $2::text
+    RETURNING *
+), event AS (
+    INSERT INTO request_events (request_id, tenant_id, topic, status, version, data)
+    SELECT r.id, r.tenant_id, 'request.waiting', r.status, r.version, ackflow_request_state(r) FROM changed r
+    RETURNING id, request_id, tenant_id, topic, data
+)
+INSERT INTO outbox (topic, tenant_id, request_id, event_id, payload)
+SELECT topic, tenant_id, request_id, id, data FROM event;
+
+-- name: deliver_input
+-- POST /v1/requests/{id}/input: only while the tenant's request $1 waits for the input named $3. In one
+-- statement: the request runs on (no longer waiting), the value is kept, a request.input_received
+-- event goes to the channels, and a request.input row asks the relay to signal the workflow (the
+-- gateway never calls Temporal). `seq` (the request's version then) lets the workflow drop a re-sent
+-- signal. No row back: no such request of the tenant, or it does not wait for that input.
+WITH changed AS (
+    UPDATE requests SET version = version + 1, updated_at = now(), waiting = NULL
+     WHERE id = $1 AND tenant_id = $2 AND status = 'PROCESSING' AND waiting ->> 'input' = $3
+    RETURNING *
+), kept AS (
+    INSERT INTO request_inputs (request_id, name, value)
+    SELECT id, $3, $4::jsonb FROM changed
+    ON CONFLICT (request_id, name) DO UPDATE SET value = excluded.value, received_at = now()
+), event AS (
+    INSERT INTO request_events (request_id, tenant_id, topic, status, version, data)
+    SELECT r.id, r.tenant_id, 'request.input_received', r.status, r.version, ackflow_request_state(r) FROM changed r
+    RETURNING id, request_id, tenant_id, topic, data
+), relayed AS (
+    INSERT INTO outbox (topic, tenant_id, request_id, payload)
+    SELECT 'request.input', c.tenant_id, c.id,
+           jsonb_build_object('workflow_id', 'work-' || c.id::text, 'name', $3::text, 'value', $4::jsonb, 'seq', c.version)
+      FROM changed c
+)
+INSERT INTO outbox (topic, tenant_id, request_id, event_id, payload)
+SELECT topic, tenant_id, request_id, id, data FROM event
+RETURNING payload AS state;
+
 -- name: get_request
 -- workflow_id: the batch's workflow; requests started before batches ran in `request-<id>`.
 -- trace_context: for the GET's span to link to (not part of the answer).
-SELECT id, kind, status, version, payload, result, error, created_at, updated_at, completed_at,
+SELECT id, kind, status, version, payload, result, error, created_at, updated_at, completed_at, progress, waiting,
        coalesce(workflow_id, CASE WHEN admitted_at IS NOT NULL THEN 'request-' || id::text END) AS workflow_id,
        trace_context
   FROM requests WHERE id = $1 AND tenant_id = $2;
@@ -64,7 +135,8 @@ WITH wanted AS (
     UPDATE requests r
        SET status = w.status, version = r.version + 1, updated_at = now(),
            result = coalesce(w.result, r.result), error = coalesce(w.error, r.error),
-           completed_at = CASE WHEN w.status IN ('DONE', 'FAILED', 'CANCELLED') THEN now() END
+           completed_at = CASE WHEN w.status IN ('DONE', 'FAILED', 'CANCELLED') THEN now() END,
+           waiting = CASE WHEN w.status IN ('DONE', 'FAILED', 'CANCELLED') THEN NULL ELSE r.waiting END
       FROM wanted w
      WHERE r.id = w.id AND r.status = ANY ($2::text[])
     RETURNING r.*
@@ -109,7 +181,7 @@ SELECT 'request.cancel_requested', tenant_id, id, jsonb_build_object('workflow_i
 
 -- name: list_requests
 -- Keyset pagination, newest first: $3 is the last id of the previous page (UUIDv7 ids sort by time).
-SELECT id, kind, status, version, payload, result, error, created_at, updated_at, completed_at,
+SELECT id, kind, status, version, payload, result, error, created_at, updated_at, completed_at, progress, waiting,
        coalesce(workflow_id, CASE WHEN admitted_at IS NOT NULL THEN 'request-' || id::text END) AS workflow_id
   FROM requests
  WHERE tenant_id = $1
@@ -238,7 +310,8 @@ SELECT coalesce(max(id), 0) FROM request_events WHERE tenant_id = $1;
 -- The webhook deliveries of a group of status events, in one statement. The events come as arrays
 -- in step ($1 ids, $2 topics, $3 tenant ids, $4 request ids, $5 the exact bodies to send); each
 -- gets one delivery per matching endpoint of its tenant (and one for its request's own
--- callback_url), looked up for that event alone by the tenant's and the request's index.
+-- callback_url), looked up for that event alone by the tenant's and the request's index. The
+-- wildcard (and a callback_url without callback_events) leaves out the opt-in event types ($6).
 -- Idempotent: a re-sent outbox row finds its deliveries already there.
 -- Ids are time-ordered (UUIDv7 layout, built by hand for Postgres < 18) like every other id, so an
 -- endpoint's delivery log, ordered by id, is newest first.
@@ -253,13 +326,15 @@ SELECT encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid())
     SELECT e.id AS endpoint_id, e.url
       FROM webhook_endpoints e
      WHERE e.tenant_id = ev.tenant_id AND e.deleted_at IS NULL AND e.enabled
-       AND (ev.topic = ANY (e.event_types) OR split_part(ev.topic, '.', 1) || '.*' = ANY (e.event_types))
+       AND (ev.topic = ANY (e.event_types)
+            OR (split_part(ev.topic, '.', 1) || '.*' = ANY (e.event_types) AND ev.topic <> ALL ($6::text[])))
     UNION ALL
     SELECT NULL, r.callback_url
       FROM requests r
      WHERE r.id = ev.request_id AND r.callback_url IS NOT NULL
-       AND (r.callback_events IS NULL OR ev.topic = ANY (r.callback_events)
-            OR split_part(ev.topic, '.', 1) || '.*' = ANY (r.callback_events))
+       AND (ev.topic = ANY (r.callback_events)
+            OR ((r.callback_events IS NULL OR split_part(ev.topic, '.', 1) || '.*' = ANY (r.callback_events))
+                AND ev.topic <> ALL ($6::text[])))
  ) t
 ON CONFLICT DO NOTHING;
 

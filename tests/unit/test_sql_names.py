@@ -11,14 +11,16 @@ import re
 
 from ackflow.contracts import (
     ALL_STATUSES,
+    EVENT_TOPICS,
     INIT,
-    STATUS_TOPICS,
     TERMINAL_STATUSES,
     TOPIC_ACCEPTED,
     TOPIC_BATCH,
     TOPIC_CANCEL_REQUESTED,
     TOPIC_FOR_STATUS,
+    TOPIC_INPUT,
     DeliveryState,
+    work_workflow_id,
     workflow_id_for,
 )
 from ackflow.db.listen import OUTBOX_CHANNEL, WEBHOOKS_CHANNEL
@@ -69,11 +71,14 @@ def test_the_state_check_of_webhook_deliveries_allows_exactly_the_enum() -> None
 def test_the_sql_spells_only_request_statuses_and_topics_that_the_contracts_define() -> None:
     text = "\n".join(_statements().values())
     assert set(_STATUS_LITERAL.findall(text)) - _NOT_A_STATUS == set(ALL_STATUSES)
-    assert set(_TOPIC_LITERAL.findall(text)) <= STATUS_TOPICS | {TOPIC_ACCEPTED, TOPIC_BATCH, TOPIC_CANCEL_REQUESTED}
+    commands = {TOPIC_ACCEPTED, TOPIC_BATCH, TOPIC_CANCEL_REQUESTED, TOPIC_INPUT}
+    assert set(_TOPIC_LITERAL.findall(text)) <= EVENT_TOPICS | commands
     # transition_requests names a status's topic 'request.' || lower(status)
     assert all(TOPIC_FOR_STATUS[status] == "request." + status.lower() for status in ALL_STATUSES if status != INIT)
     # requests of before batches ran in workflow 'request-' || id
     assert "'request-' || r.id::text" in text and workflow_id_for("r.id") == "request-r.id"
+    # a workflow kind's run is 'work-' || id
+    assert "'work-' || c.id::text" in text and work_workflow_id("c.id") == "work-c.id"
 
 
 def test_every_set_of_statuses_in_the_sql_is_all_of_them_or_the_terminal_ones() -> None:

@@ -38,7 +38,7 @@ bench: $(VENV)/.installed-bench
 # Style, strict types, and the import contracts of [tool.importlinter] in pyproject.toml.
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
-	$(BIN)/mypy ackflow gateway workflows activities outbox_cdc callbacks
+	$(BIN)/mypy ackflow gateway workflows activities outbox_cdc callbacks examples
 	$(BIN)/lint-imports
 
 clean:

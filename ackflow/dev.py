@@ -22,7 +22,7 @@ from ackflow.errors import DevStackError
 from ackflow.settings import Settings
 
 DEV_TENANT = "dev"
-DEV_HANDLERS = ("activities.examples",)
+DEV_HANDLERS = ("activities.examples", "examples.pipeline")
 
 
 def run_dev(state_dir: str, http_port: int, base: Settings) -> None:

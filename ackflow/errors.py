@@ -104,6 +104,22 @@ class Unauthorized(DomainError):
     title = "Unauthorized"
 
 
+class Forbidden(DomainError):
+    """The caller is known but may not do this (a capability token used beyond what it grants)."""
+
+    status_code = 403
+    type_slug = "forbidden"
+    title = "Forbidden"
+
+
+class PayloadTooLarge(DomainError):
+    """A part of the body is over its own limit (the whole body's limit answers the same status)."""
+
+    status_code = 413
+    type_slug = "payload-too-large"
+    title = "Payload too large"
+
+
 class Conflict(DomainError):
     """The resource's current state forbids the operation (for example cancelling a finished request)."""
 

@@ -21,7 +21,7 @@ import asyncpg
 import uvicorn
 from redis.asyncio import Redis
 
-from ackflow.contracts import EVENT_TOPICS, TOPIC_ACCEPTED, TOPIC_BATCH, TOPIC_CANCEL_REQUESTED
+from ackflow.contracts import EVENT_TOPICS, TOPIC_ACCEPTED, TOPIC_BATCH, TOPIC_CANCEL_REQUESTED, TOPIC_INPUT
 from ackflow.events import Route
 from ackflow.handlers import HandlerRegistry
 from ackflow.metrics import REFRESH, Refresher, dependency_check
@@ -89,6 +89,7 @@ def relay_routes(client: Client, redis: Redis, settings: Settings, pool: asyncpg
         TOPIC_BATCH: dispatcher.start_batch,
         TOPIC_ACCEPTED: dispatcher.start_request,
         TOPIC_CANCEL_REQUESTED: CancelRequestRoute(pool, dispatcher),
+        TOPIC_INPUT: dispatcher.deliver_input,
     }
     routes.update({topic: on_status for topic in EVENT_TOPICS})
     return routes

@@ -75,6 +75,8 @@ def workflow_kind(
             raise ConfigurationError(
                 f"workflow kind {kind!r}: {exc}; use @workflow_kind in place of @workflow.defn (it applies it)"
             ) from None
+        if workflow.unsafe.in_sandbox():
+            return defined  # the sandbox imports the module afresh for each run: registered once, outside
         options = checked_options(kind, HandlerOptions(start_to_close_seconds=timeout, workflow=workflow_type))
         registry.add_workflow(kind, defined, tuple(activities), options)
         return defined

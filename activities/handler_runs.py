@@ -26,6 +26,7 @@ async def run_once(
     handler: Handler, options: HandlerOptions, payload: Any, check_result: Callable[[Any], None]
 ) -> Outcome:
     """Run the handler under its kind's timeout; its failure is an error to record, not an exception."""
+    assert handler.function is not None, "a workflow kind has no handler function"
     timer = asyncio.timeout(options.start_to_close_seconds)
     try:
         async with timer:

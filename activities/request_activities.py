@@ -91,9 +91,9 @@ class RequestActivities:
         """
         bind_log_context(request_id=run.request_id)
         handler = self._registry.get(run.kind)
-        if handler is None:
+        if handler is None or handler.function is None:
             raise ApplicationError(
-                f"no handler for kind {run.kind!r} on this worker", type="UnknownKind", non_retryable=True
+                f"no handler function for kind {run.kind!r} on this worker", type="UnknownKind", non_retryable=True
             )
         row = await transition(self._pool, run.request_id, PROCESSING, (INIT,))
         if row is None:  # a retry (PROCESSING already), or the request ended meanwhile
@@ -231,8 +231,8 @@ class RequestActivities:
         handler = self._registry.get(request.kind)
         options = request.handler or self._options_for(request.kind)
         error: dict[str, Any] | None
-        if handler is None:
-            error = {"type": "UnknownKind", "message": f"no handler for kind {request.kind!r} on this worker"}
+        if handler is None or handler.function is None:  # (a workflow kind never runs in a batch's activity)
+            error = {"type": "UnknownKind", "message": f"no handler function for kind {request.kind!r} on this worker"}
             retryable = False
         else:
             started = time.perf_counter()

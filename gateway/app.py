@@ -35,6 +35,7 @@ from gateway.capabilities import CapabilityTokens, load_signing_key
 from gateway.deliveries_controller import DeliveriesController
 from gateway.health import HealthController
 from gateway.hub import Hub
+from gateway.inputs_controller import InputsController
 from gateway.kinds_controller import KindsController
 from gateway.metrics_page import metrics_page
 from gateway.open_streams import OpenStreams
@@ -91,6 +92,7 @@ def _route_handlers(settings: Settings) -> list[ControllerRouterHandler]:
     return [
         *metrics,
         RequestsController,
+        InputsController,
         KindsController,
         RequestStreamsController,
         TenantStreamsController,
@@ -158,7 +160,9 @@ async def _build_services(
         pool=db,
         redis=redis,
         streams=streams,
-        capability_tokens=CapabilityTokens(await load_signing_key(db), settings.capability_ttl_seconds),
+        capability_tokens=CapabilityTokens(
+            await load_signing_key(db), settings.capability_ttl_seconds, settings.input_link_ttl_seconds
+        ),
         rate_limiter=AcceptRateLimiter(redis, db, settings.rate_limit_per_second),
         outbox_waker=OutboxWaker(db),
     )

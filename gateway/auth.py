@@ -152,9 +152,27 @@ async def require_key_or_capability(connection: ASGIConnection[Any, Any, Any, An
     Browsers' EventSource and WebSocket cannot send headers; the token opens this request only, and
     only while the key that minted it is active.
     """
+    await _key_or_token(connection, _, for_input=False)
+
+
+async def require_key_or_input_capability(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Guard for delivering a waiting request's input: the API key, or a token for that request and one
+    input name (`?token=`, from `links.input`), which the handler finds in `granted_input()`."""
+    await _key_or_token(connection, _, for_input=True)
+
+
+def granted_input(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+    """The one input name the caller's token may deliver; None when the caller used the API key."""
+    name: str | None = getattr(connection.state, "granted_input", None)
+    return name
+
+
+async def _key_or_token(
+    connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler, *, for_input: bool
+) -> None:
     token = connection.query_params.get("token")
     if token is None:
-        await require_api_key(connection, _)
+        await require_api_key(connection, handler)
         return
     tokens = connection.app.state.services.capability_tokens
     if tokens.unbound(token):
@@ -164,9 +182,12 @@ async def require_key_or_capability(connection: ASGIConnection[Any, Any, Any, An
         )
     request_id = connection.path_params.get("request_id")
     grant = tokens.grant_for(token, request_id) if isinstance(request_id, uuid.UUID) else None
-    if grant is None:
-        raise Unauthorized("the token is not valid for this request (forged, expired or for another request)")
+    if grant is None or (grant.input is not None) != for_input:
+        what = "this request's input" if for_input else "this request's events"
+        raise Unauthorized(f"the token is not valid for {what} (forged, expired, for another request or purpose)")
     authenticator: ApiKeyAuthenticator = connection.app.state.authenticator
     if await authenticator.active_key_tenant(grant.key_id) != grant.tenant_id:
         raise Unauthorized("the token is no longer valid: the API key that issued it was revoked")
     connection.state.tenant_id, connection.state.key_id = grant.tenant_id, grant.key_id
+    connection.state.granted_input = grant.input
+    bind_log_context(tenant=grant.tenant_id)

@@ -30,6 +30,7 @@ from gateway.bodies import require_json_body
 from gateway.capabilities import CapabilityTokens
 from gateway.cursors import MAX_PAGE_SIZE, decode_cursor, encode_cursor
 from gateway.idempotency import claim_key, parse_key
+from gateway.json_depth import check_depth
 from gateway.schemas import (
     AcceptedRequest,
     CreateRequest,
@@ -79,7 +80,7 @@ class RequestsController(Controller):
         """
         tenant_id, settings = current_tenant(request), services.settings
         note_kind(request.state, data.kind)
-        _check_depth(data.payload, settings.max_json_depth)
+        check_depth(data.payload, settings.max_json_depth)
         await services.rate_limiter.check(tenant_id)
         if data.callback_url is not None:
             await check_target(data.callback_url, allow_private=settings.webhook_allow_private, field="callback_url")
@@ -123,12 +124,16 @@ class RequestsController(Controller):
         if wait is None and preferred is not None:
             wait = preferred
             headers["Preference-Applied"] = f"wait={preferred:g}"
-        state = await _load(services.pool, request_id, tenant_id)
+        state = await load_state(services.pool, request_id, tenant_id)
         if wait and state.status not in TERMINAL_STATUSES:
             await _wait_until_terminal(services, request, request_id, wait, state.version if progress else None)
-            state = await _load(services.pool, request_id, tenant_id, linked=True)
+            state = await load_state(services.pool, request_id, tenant_id, linked=True)
         if state.status not in TERMINAL_STATUSES:
             headers["Retry-After"] = str(services.settings.retry_after_seconds)
+        if state.waiting is not None and state.links is not None:  # a link to hand to whoever decides
+            tokens = services.capability_tokens
+            token = tokens.issue_input(request_id, tenant_id, current_key(request), state.waiting.input)
+            state.links.input = f"/v1/requests/{request_id}/input?token={token}"
         return Response(state, headers=headers)
 
     @get("/", summary="List requests, newest first")
@@ -194,7 +199,7 @@ class RequestsController(Controller):
                 await transition(connection, request_id, CANCELLED, (INIT,))
             else:
                 await connection.execute(sql("mark_cancel_requested"), request_id)
-        return await _load(services.pool, request_id, tenant_id)
+        return await load_state(services.pool, request_id, tenant_id)
 
 
 async def _wait_until_terminal(
@@ -247,7 +252,7 @@ async def _answer_accepted(
     request.state[WAITED_STATE] = True  # the accept latency histogram leaves this answer out
     request_id, tenant_id = uuid.UUID(str(body["id"])), current_tenant(request)
     await _wait_until_terminal(services, request, request_id, wait)
-    state = await _load(services.pool, request_id, tenant_id, linked=True)
+    state = await load_state(services.pool, request_id, tenant_id, linked=True)
     applied = {"Preference-Applied": f"wait={wait:g}"}
     if state.status in TERMINAL_STATUSES:
         return Response(state, status_code=200, headers={"Location": body["links"]["self"], **applied})
@@ -290,7 +295,7 @@ async def _insert_request(
     return row
 
 
-async def _load(
+async def load_state(
     pool: asyncpg.Pool, request_id: uuid.UUID, tenant_id: uuid.UUID, *, linked: bool = False
 ) -> RequestState:
     """The request's state; the current span (its GET's, its cancel's) names it and links to its trace,
@@ -322,26 +327,3 @@ def _preferred_wait(prefer: str | None) -> float | None:
     """The `wait` preference of a `Prefer` header (RFC 7240), capped at the maximum; None if absent."""
     match = _PREFER_WAIT.search(prefer or "")
     return None if match is None else min(float(match[1]), MAX_WAIT_SECONDS)
-
-
-def _check_depth(value: Any, limit: int) -> None:
-    """Refuse payloads nested deeper than `limit` (objects and arrays), before anything is written."""
-    level, current = 1, [value]
-    while current:
-        nested = [v for item in current for v in _children(item)]
-        if nested:
-            level += 1
-            if level > limit:
-                raise InvalidInput(
-                    f"the payload is nested deeper than {limit} levels",
-                    errors=[{"field": "payload", "in": "body", "message": f"nesting deeper than {limit}"}],
-                )
-        current = nested
-
-
-def _children(value: Any) -> list[Any]:
-    if isinstance(value, dict):
-        return [v for v in value.values() if isinstance(v, dict | list)]
-    if isinstance(value, list):
-        return [v for v in value if isinstance(v, dict | list)]
-    return []

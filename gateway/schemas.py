@@ -31,12 +31,27 @@ class Links(msgspec.Struct):
     events: str
 
 
-class RequestLinks(msgspec.Struct):
-    """Where to follow a request: its events (SSE, with the API key) and its webhook deliveries."""
+class RequestLinks(msgspec.Struct, omit_defaults=True):
+    """Where to follow a request: its events (SSE, with the API key) and its webhook deliveries; while it
+    waits for input, `input`: a capability URL that delivers that input alone (for a third party or an
+    e-mail link; POST `{"name", "value"}` to it), in a GET of the request only."""
 
     self: str
     events: str
     deliveries: str
+    input: str | None = None
+
+
+InputName = Annotated[
+    str, msgspec.Meta(pattern=KIND_PATTERN.pattern, description="The name a workflow kind waits for the input by")
+]
+
+
+class DeliverInput(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of POST /v1/requests/{id}/input: the input `name` the request waits for, and its JSON `value`."""
+
+    name: InputName
+    value: Any = None
 
 
 class AcceptedRequest(msgspec.Struct):

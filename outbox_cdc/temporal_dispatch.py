@@ -37,6 +37,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from ackflow.contracts import (
     CANCEL_REQUEST_SIGNAL,
+    INPUT_SIGNAL,
     PROCESS_BATCH_WORKFLOW,
     PROCESS_REQUEST_WORKFLOW,
     HandlerOptions,
@@ -243,3 +244,15 @@ class TemporalDispatcher:
             if exc.status != RPCStatusCode.NOT_FOUND:
                 raise
             log.info("cancel of request %s: its workflow has already ended", event.request_id)
+
+    async def deliver_input(self, event: OutboxEvent) -> None:
+        """Signal an input the gateway accepted to the workflow kind's run waiting for it (its `seq`
+        lets the run drop a re-sent one); a run that has ended meanwhile is left alone."""
+        payload = event.payload
+        message = {"name": payload["name"], "value": payload.get("value"), "seq": payload["seq"]}
+        try:
+            await self._client.get_workflow_handle(payload["workflow_id"]).signal(INPUT_SIGNAL, message)
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                raise
+            log.info("input %r of request %s: its workflow has already ended", payload["name"], event.request_id)

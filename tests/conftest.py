@@ -105,7 +105,7 @@ def settings(servers: Servers, database_url: str) -> Settings:
         redis_url=devstack.redis_url(servers.redis_port),
         temporal_address=servers.temporal_address,
         task_queue=f"test-{uuid.uuid4().hex[:12]}",
-        handler_modules=("activities.examples", "tests.handlers"),
+        handler_modules=("activities.examples", "examples.pipeline", "tests.handlers"),
         http_port=devstack.free_port(),
         relay_poll_seconds=0.5,
         auth_cache_seconds=0.5,

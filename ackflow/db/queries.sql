@@ -115,7 +115,11 @@ WITH changed AS (
 )
 INSERT INTO outbox (topic, tenant_id, request_id, event_id, payload)
 SELECT topic, tenant_id, request_id, id, data FROM event
-RETURNING payload AS state;
+RETURNING event_id;
+
+-- name: request_waiting
+-- Why an input was refused: the tenant's request's status, and what it waits for (NULL: nothing).
+SELECT status, waiting FROM requests WHERE id = $1 AND tenant_id = $2;
 
 -- name: get_request
 -- workflow_id: the batch's workflow; requests started before batches ran in `request-<id>`.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from ackflow.contracts import EVENT_TOPICS, TOPIC_ACCEPTED, TOPIC_BATCH, TOPIC_CANCEL_REQUESTED
+from ackflow.contracts import EVENT_TOPICS, TOPIC_ACCEPTED, TOPIC_BATCH, TOPIC_CANCEL_REQUESTED, TOPIC_INPUT
 from ackflow.db.stage_health import StageHealth, read_stage_health
 from ackflow.metrics.catalogue import (
     ADMISSION_OLDEST_WAIT,
@@ -27,7 +27,7 @@ from ackflow.metrics.catalogue import (
 from ackflow.metrics.scrape import Refresher
 
 # Reported even at 0, so an alert on a topic's age has a series before its first row.
-KNOWN_TOPICS = (TOPIC_ACCEPTED, TOPIC_BATCH, TOPIC_CANCEL_REQUESTED, *sorted(EVENT_TOPICS))
+KNOWN_TOPICS = (TOPIC_ACCEPTED, TOPIC_BATCH, TOPIC_CANCEL_REQUESTED, TOPIC_INPUT, *sorted(EVENT_TOPICS))
 
 
 def publish_stage_health(health: StageHealth) -> None:

@@ -20,6 +20,7 @@ COPY workflows ./workflows
 COPY activities ./activities
 COPY outbox_cdc ./outbox_cdc
 COPY callbacks ./callbacks
+COPY examples ./examples
 RUN pip install '.[server]' && rm -rf build *.egg-info
 
 RUN groupadd --gid 10001 ackflow \

@@ -57,10 +57,12 @@ _T = TypeVar("_T")
 
 
 class Links(msgspec.Struct, frozen=True):
-    """Where a request lives: `self` (read it) and `events` (its stream, a capability URL for browsers)."""
+    """Where a request lives: `self` (read it), `events` (its stream, a capability URL for browsers) and,
+    while it waits for an input, `input` (a capability URL that delivers that input without the API key)."""
 
     self: str | None = None
     events: str | None = None
+    input: str | None = None
 
 
 class Progress(msgspec.Struct, frozen=True, kw_only=True):
@@ -270,6 +272,12 @@ class AckflowClient:
     async def cancel(self, request_id: RequestId) -> RequestState:
         """Ask for the request to be cancelled; returns its state then. ApiError 409 if it already ended."""
         response = await self._http.post(_path(request_id) + "/cancel")
+        return _decode(response, RequestState)
+
+    async def send_input(self, request_id: RequestId, name: str, value: Any) -> RequestState:
+        """Deliver the input `name` (a JSON value) the request waits for (its state's `waiting`); returns
+        its state then. ApiError 409 if it does not wait for that input (now), 413 if the value is too big."""
+        response = await self._http.post(_path(request_id) + "/input", json={"name": name, "value": value})
         return _decode(response, RequestState)
 
     async def wait(self, request_id: RequestId, *, timeout: float | None = 300) -> RequestState:

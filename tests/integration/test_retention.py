@@ -75,6 +75,13 @@ class Seed:
         )
         return ids
 
+    async def inputs(self, request_ids: list[uuid.UUID]) -> None:
+        """An input each request's workflow waited for."""
+        await self.db.execute(
+            "INSERT INTO request_inputs (request_id, name, value) SELECT unnest($1::uuid[]), 'approval', 'true'",
+            request_ids,
+        )
+
     async def outbox_rows(self, request_ids: list[uuid.UUID]) -> None:
         """A status event of each request, not yet relayed."""
         await self.db.execute(
@@ -326,6 +333,7 @@ async def test_every_prune_statement_scans_indexes_never_a_whole_table(pool: asy
     young = await seed.requests("DONE", YOUNG, 3000, events=1)
     await seed.requests("PROCESSING", OLD, 3000, events=1, ended=False)
     await seed.outbox_rows(young[:2000])
+    await seed.inputs(young)
     await seed.outbox_rows([uuid.uuid4() for _ in range(20_000)])  # a backlog: the planner probes its index
     await seed.deliveries("succeeded", YOUNG, 2000, attempts=1)
     await seed.deliveries("pending", OLD, 2000, attempts=1, request_id=young[0])
@@ -334,8 +342,10 @@ async def test_every_prune_statement_scans_indexes_never_a_whole_table(pool: asy
     await seed.endpoints(YOUNG, 1000, events=0)
     await seed.deliveries("failed", YOUNG, 1000, attempts=1, endpoint_id=endpoints[0])
     # And a few of each to prune, so that every check and cascade runs.
-    for request_id in await seed.requests("DONE", OLD, 20):
+    old = await seed.requests("DONE", OLD, 20)
+    for request_id in old:
         await seed.deliveries("succeeded", YOUNG, request_id=request_id)
+    await seed.inputs(old)
     await seed.deliveries("failed", OLD, 20)
     await seed.idempotency_keys(-1, 20)
     await seed.endpoint_events(endpoints[:20], 100)

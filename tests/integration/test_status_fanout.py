@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline, PubSub
 
 from ackflow import devstack
-from ackflow.contracts import DONE, PROCESSING, STATUS_TOPICS, TOPIC_FOR_STATUS
+from ackflow.contracts import DONE, OPT_IN_EVENT_TYPES, PROCESSING, STATUS_TOPICS, TOPIC_FOR_STATUS
 from ackflow.db.accept import accept_request
 from ackflow.db.queries import sql
 from ackflow.db.transitions import transition
@@ -254,6 +254,7 @@ async def test_the_fan_out_looks_up_each_event_by_its_tenant_and_request_not_by_
         [row["tenant_id"] for row in rows],
         [row["request_id"] for row in rows],
         ["{}" for _ in rows],
+        list(OPT_IN_EVENT_TYPES),
     )
     for plan_cache_mode in ("force_custom_plan", "force_generic_plan"):  # as planned for these arrays, and for any
         async with pool.acquire() as connection:

@@ -17,7 +17,7 @@ BANNER_INFO = {
     "metrics_url": "http://127.0.0.1:8000/metrics",
     "api_key": "ak_1f2e3d4c_...",
 }
-EXAMPLE_KINDS = ["echo", "fail", "sleep"]
+EXAMPLE_KINDS = ["echo", "fail", "pipeline", "sleep"]
 
 
 def test_every_environment_variable_is_documented_in_the_readme() -> None:
@@ -65,5 +65,5 @@ def test_the_example_handlers_are_the_kinds_the_banner_shows() -> None:
 
     registry = load_handler_modules(DEV_HANDLERS)
     # The registry is the process's one: other tests' handler modules may be in it too.
-    examples = sorted(h.kind for h in registry.handlers() if h.function.__module__ in DEV_HANDLERS)
+    examples = sorted(h.kind for h in registry.handlers() if (h.function or h.workflow).__module__ in DEV_HANDLERS)
     assert examples == EXAMPLE_KINDS

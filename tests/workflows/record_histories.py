@@ -19,6 +19,10 @@ failing until the 8-attempt schedule ends, success after failures, Retry-After w
 They go to `tests/workflows/histories/webhook_retry/<path>.json`; `eight_failed_attempts` and
 `retry_after_then_success` there were recorded before resends signalled the workflow and stay too.
 The workflow has no cancellation path (nothing in ackflow cancels it), so no history has one.
+A workflow kind (the example `pipeline`, examples/pipeline.py) runs as a child of its batch: each of
+its scenarios (approved, rejected, cancelled while it waits for approval) writes two histories, the
+batch's to `tests/workflows/histories/batch/batch_<path>.json` and the child's (ExamplePipeline) to
+`tests/workflows/histories/work/<path>.json`.
 
 Keep the files once committed: they stand for workflows already running in production, and
 `test_process_request_workflow.py` and `test_process_batch_workflow.py` replay each one on the
@@ -43,24 +47,29 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from temporalio.client import WorkflowFailureError, WorkflowHandle
+from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle, WorkflowHistory
 from temporalio.testing import WorkflowEnvironment
 
+import examples.pipeline  # noqa: F401  (registers the example workflow kind `pipeline`)
 from ackflow import devstack
 from ackflow.contracts import (
     CANCEL_REQUEST_SIGNAL,
     CANCELLED,
     DONE,
+    FAILED,
     INIT,
+    INPUT_SIGNAL,
     PROCESSING,
     WEBHOOK_ATTEMPT_NOW_SIGNAL,
     DeliveryState,
     HandlerOptions,
+    work_workflow_id,
 )
 from ackflow.db.migrate import migrate
 from ackflow.db.pool import create_pool
 from ackflow.db.transitions import transition
 from ackflow.handlers import HandlerRegistry
+from ackflow.handlers import registry as registered_on_import
 from ackflow.tenants import create_tenant
 from tests.helpers import assert_eventually
 from tests.receiver import Reply
@@ -70,10 +79,13 @@ from tests.workflows.webhook_rig import WebhookRig, timers_started, webhook_rig
 HISTORIES = Path(__file__).parent / "histories"
 BATCH_HISTORIES = HISTORIES / "batch"
 WEBHOOK_HISTORIES = HISTORIES / "webhook_retry"
+WORK_HISTORIES = HISTORIES / "work"
 RESULT_TIMEOUT = 30.0
 
 Scenario = Callable[[Bench], Awaitable[WorkflowHandle[object, object]]]
 WebhookScenario = Callable[[WebhookRig], Awaitable[WorkflowHandle[Any, str]]]
+# A workflow kind's scenario: its batch's handle and its own run's (the child workflow).
+WorkScenario = Callable[[Bench], Awaitable[tuple[WorkflowHandle[Any, Any], WorkflowHandle[Any, Any]]]]
 
 
 async def done(bench: Bench) -> WorkflowHandle[object, object]:
@@ -215,6 +227,57 @@ BATCH_SCENARIOS: dict[str, Scenario] = {
 }
 
 
+async def pipeline_waiting_for_approval(bench: Bench) -> tuple[str, WorkflowHandle[Any, Any], WorkflowHandle[Any, Any]]:
+    """A pipeline request batched with an echo, run until its workflow waits for `approval`."""
+    request_id = await bench.accept("pipeline", {"items": 3, "step_seconds": 0})
+    handle = await bench.start_batch([request_id, await bench.accept("echo", {"n": 1})])
+
+    async def waiting() -> bool:
+        row = await bench.pool.fetchrow("SELECT waiting FROM requests WHERE id = $1::uuid", request_id)
+        return row is not None and row["waiting"] is not None
+
+    await assert_eventually(waiting, timeout=RESULT_TIMEOUT, message="the pipeline never waited for approval")
+    return request_id, handle, bench.client.get_workflow_handle(work_workflow_id(request_id))
+
+
+async def deliver_approval(work: WorkflowHandle[Any, Any], value: Any) -> None:
+    """The signal the relay sends for `POST /v1/requests/{id}/input` (outbox_cdc TemporalDispatcher.deliver_input)."""
+    await work.signal(INPUT_SIGNAL, {"name": "approval", "value": value, "seq": 1})
+
+
+async def pipeline_approved(bench: Bench) -> tuple[WorkflowHandle[Any, Any], WorkflowHandle[Any, Any]]:
+    request_id, handle, work = await pipeline_waiting_for_approval(bench)
+    await deliver_approval(work, {"approved": True, "by": "ana"})
+    await asyncio.wait_for(handle.result(), RESULT_TIMEOUT)
+    assert (await bench.request(request_id))["status"] == DONE
+    return handle, work
+
+
+async def pipeline_rejected(bench: Bench) -> tuple[WorkflowHandle[Any, Any], WorkflowHandle[Any, Any]]:
+    request_id, handle, work = await pipeline_waiting_for_approval(bench)
+    await deliver_approval(work, {"approved": False, "by": "ana"})
+    await asyncio.wait_for(handle.result(), RESULT_TIMEOUT)
+    assert (await bench.request(request_id))["status"] == FAILED
+    return handle, work
+
+
+async def pipeline_cancelled_while_waiting(bench: Bench) -> tuple[WorkflowHandle[Any, Any], WorkflowHandle[Any, Any]]:
+    request_id, handle, work = await pipeline_waiting_for_approval(bench)
+    # As the relay does (outbox_cdc/cancel.py): CANCELLED first, then the signal to the batch.
+    assert await transition(bench.pool, request_id, CANCELLED, (INIT, PROCESSING))
+    await handle.signal(CANCEL_REQUEST_SIGNAL, request_id)
+    await asyncio.wait_for(handle.result(), RESULT_TIMEOUT)
+    assert (await work.describe()).status == WorkflowExecutionStatus.CANCELED
+    return handle, work
+
+
+WORK_SCENARIOS: dict[str, WorkScenario] = {
+    "pipeline_approved": pipeline_approved,
+    "pipeline_rejected": pipeline_rejected,
+    "pipeline_cancelled_while_waiting": pipeline_cancelled_while_waiting,
+}
+
+
 async def retried(rig: WebhookRig, **start: Any) -> WorkflowHandle[Any, str]:
     """A delivery whose first attempt fails, then its retry workflow started (with `start`'s options)."""
     delivery_id = await rig.delivery()
@@ -294,7 +357,14 @@ WEBHOOK_SCENARIOS: dict[str, WebhookScenario] = {
 def history_path(name: str) -> Path:
     if name in WEBHOOK_SCENARIOS:
         return WEBHOOK_HISTORIES / f"{name}.json"
+    if name in WORK_SCENARIOS:
+        return WORK_HISTORIES / f"{name}.json"
     return (BATCH_HISTORIES if name in BATCH_SCENARIOS else HISTORIES) / f"{name}.json"
+
+
+def batch_history_path(name: str) -> Path:
+    """Where a workflow kind's scenario writes its batch's history."""
+    return BATCH_HISTORIES / f"batch_{name}.json"
 
 
 def scenario_registry() -> HandlerRegistry:
@@ -304,10 +374,15 @@ def scenario_registry() -> HandlerRegistry:
     registry.add("sleeper", Heartbeating(seconds=30), HandlerOptions(start_to_close_seconds=3600, heartbeat_seconds=2))
     registry.add("flaky", Flaky(failures=1), HandlerOptions(start_to_close_seconds=30, initial_retry_seconds=600))
     registry.add("gate", Gate(), HandlerOptions(start_to_close_seconds=30))
+    pipeline = registered_on_import.get("pipeline")
+    assert pipeline is not None and pipeline.workflow is not None, "examples.pipeline registers `pipeline`"
+    registry.add_workflow("pipeline", pipeline.workflow, pipeline.activities, pipeline.options)
     return registry
 
 
-async def run_scenario(env: WorkflowEnvironment, pool: asyncpg.Pool, name: str) -> WorkflowHandle[Any, Any]:
+async def run_scenario(
+    env: WorkflowEnvironment, pool: asyncpg.Pool, name: str
+) -> WorkflowHandle[Any, Any] | tuple[WorkflowHandle[Any, Any], WorkflowHandle[Any, Any]]:
     """Run one scenario on a fresh worker (and, for a webhook one, a fresh tenant, endpoint and receiver)."""
     if name in WEBHOOK_SCENARIOS:
         async with pool.acquire() as connection:
@@ -318,7 +393,14 @@ async def run_scenario(env: WorkflowEnvironment, pool: asyncpg.Pool, name: str) 
                 return await WEBHOOK_SCENARIOS[name](rig)
     bench = await Bench.create(env.client, pool, scenario_registry())
     async with bench.worker():
+        if name in WORK_SCENARIOS:
+            return await WORK_SCENARIOS[name](bench)
         return await (SCENARIOS | BATCH_SCENARIOS)[name](bench)
+
+
+def write_history(history: WorkflowHistory, path: Path) -> None:
+    path.write_text(history.to_json() + "\n", encoding="utf-8")
+    print(f"recorded {path} ({len(history.events)} events)")
 
 
 async def record(database_url: str, names: list[str]) -> None:
@@ -333,11 +415,13 @@ async def record(database_url: str, names: list[str]) -> None:
     try:
         env = await start_time_skipping()
         for name in names:
-            handle = await run_scenario(env, pool, name)
-            history = await handle.fetch_history()
-            path = history_path(name)
-            path.write_text(history.to_json() + "\n", encoding="utf-8")
-            print(f"recorded {path} ({len(history.events)} events)")
+            ran = await run_scenario(env, pool, name)
+            if isinstance(ran, tuple):
+                batch, work = ran
+                write_history(await batch.fetch_history(), batch_history_path(name))
+                write_history(await work.fetch_history(), history_path(name))
+            else:
+                write_history(await ran.fetch_history(), history_path(name))
     finally:
         if env is not None:
             await env.shutdown()
@@ -352,7 +436,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("temporalio").setLevel(logging.ERROR)
     BATCH_HISTORIES.mkdir(parents=True, exist_ok=True)
     WEBHOOK_HISTORIES.mkdir(parents=True, exist_ok=True)
-    every = SCENARIOS | BATCH_SCENARIOS | WEBHOOK_SCENARIOS
+    WORK_HISTORIES.mkdir(parents=True, exist_ok=True)
+    every = SCENARIOS | BATCH_SCENARIOS | WEBHOOK_SCENARIOS | WORK_SCENARIOS
     names = [name for name in every if args.overwrite or not history_path(name).exists()]
     if not names:
         print(f"every history is already in {HISTORIES}; pass --overwrite to record them again")

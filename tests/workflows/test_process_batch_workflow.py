@@ -65,6 +65,9 @@ RECORDED_BATCH_PATHS = {
     "batch_cancelled_by_signal",
     "batch_workflow_cancelled",
     "batch_handed_over",
+    "batch_pipeline_approved",  # the batch side of a workflow kind's runs (test_workflow_kind_replay.py)
+    "batch_pipeline_rejected",
+    "batch_pipeline_cancelled_while_waiting",
 }
 DONE_TOPICS = ["request.accepted", "request.processing", "request.done"]
 SLOW_RETRIES: dict[str, Any] = {"max_attempts": 5, "initial_retry_seconds": 600, "max_retry_seconds": 3600}

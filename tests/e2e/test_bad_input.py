@@ -133,6 +133,7 @@ def v1_routes() -> list[tuple[str, str, bytes | None]]:
         ("GET", f"/v1/requests/{NO_SUCH_ID}", None),
         ("POST", f"/v1/requests/{NO_SUCH_ID}/cancel", None),
         ("GET", f"/v1/requests/{NO_SUCH_ID}/deliveries", None),
+        ("POST", f"/v1/requests/{NO_SUCH_ID}/input", b'{"name": "approval", "value": true}'),
         ("GET", "/v1/kinds", None),
     ]
 

@@ -21,6 +21,7 @@ import pytest
 from ackflow.client import AckflowClient, ApiError, RequestState, StreamEvent, StreamUnavailable, WaitTimeout
 from ackflow.settings import Settings
 from tests.conftest import Tenant
+from tests.helpers import assert_eventually
 
 EVENTS_OF_A_SUCCESS = ["request.accepted", "request.processing", "request.done"]
 
@@ -168,6 +169,27 @@ async def test_submit_with_wait_returns_the_final_state_when_fast_and_the_accept
     slow = await sdk.submit("sleep", {"seconds": 30}, wait=1)
     assert slow.status == "INIT" and not slow.terminal
     await sdk.cancel(slow.id)
+
+
+async def test_send_input_approves_a_waiting_pipeline_which_then_ends_done(sdk: AckflowClient) -> None:
+    accepted = await sdk.submit("pipeline", {"items": 2, "step_seconds": 0})
+
+    async def waiting() -> RequestState | None:
+        state = await sdk.get(accepted.id)
+        return state if state.waiting is not None else None
+
+    state = await assert_eventually(waiting, timeout=60, message="the pipeline never waited for its approval")
+    assert state.waiting is not None and state.waiting.input == "approval"
+    assert state.links is not None and state.links.input is not None and "token=" in state.links.input
+
+    delivered = await sdk.send_input(accepted.id, "approval", {"approved": True, "by": "ana"})
+    assert delivered.waiting is None and delivered.version > state.version
+    with pytest.raises(ApiError) as again:
+        await sdk.send_input(accepted.id, "approval", {"approved": True, "by": "bob"})
+    assert again.value.status == 409
+    final = await sdk.wait(accepted.id, timeout=60)
+    assert final.status == "DONE" and final.result is not None and final.result["approved_by"] == "ana"
+    assert final.progress is not None and final.progress.fraction == 1.0
 
 
 async def test_wait_returns_the_failed_state_with_its_error_instead_of_raising(sdk: AckflowClient) -> None:

@@ -76,8 +76,8 @@ class Progress(msgspec.Struct, omit_defaults=True):
 
 
 class Waiting(msgspec.Struct):
-    """What a running request waits for: the outside input named `input` (POST it to
-    /v1/requests/{id}/input/{input}), since when."""
+    """What a running request waits for: the outside input named `input` (POST `{"name": input, "value": ...}`
+    to /v1/requests/{id}/input), since when."""
 
     input: str
     since: datetime

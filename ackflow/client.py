@@ -98,6 +98,7 @@ class RequestState(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: datetime | None = None
     completed_at: datetime | None = None
     workflow_id: str | None = None
+    scheduled_for: datetime | None = None
     progress: Progress | None = None
     waiting: Waiting | None = None
     links: Links | None = None
@@ -243,6 +244,8 @@ class AckflowClient:
         *,
         idempotency_key: str | None = None,
         wait: float | None = None,
+        run_at: datetime | None = None,
+        delay_seconds: float | None = None,
     ) -> RequestState:
         """Submit a request; the answer (status INIT, with `links`) means it is committed and will run.
 
@@ -250,12 +253,18 @@ class AckflowClient:
         (after a lost answer, say) gets the original request back instead of creating a second one.
         `wait` (seconds, at most 60) is sent as `Prefer: wait=N`: a request that ends by then comes
         back in its final state (`terminal`), one that does not in its accepted state, as without it.
+        `run_at` (an aware datetime) or `delay_seconds`: start it no earlier than then (at most 30 days
+        ahead); its state shows `scheduled_for`.
         """
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else {}
         if wait is not None:
             headers["Prefer"] = f"wait={wait:g}"
         timeout = httpx.Timeout(self._timeout, read=self._timeout + (wait or 0))
-        body = {"kind": kind, "payload": dict(payload or {})}
+        body: dict[str, Any] = {"kind": kind, "payload": dict(payload or {})}
+        if run_at is not None:
+            body["run_at"] = run_at.isoformat()
+        if delay_seconds is not None:
+            body["delay_seconds"] = delay_seconds
         response = await self._http.post("/v1/requests", json=body, headers=headers, timeout=timeout)
         return _decode(response, RequestState)
 

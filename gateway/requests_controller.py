@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import asyncpg
@@ -13,7 +14,7 @@ from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
-from ackflow.contracts import ALL_STATUSES, CANCELLED, INIT, MAX_WAIT_SECONDS, TERMINAL_STATUSES
+from ackflow.contracts import ALL_STATUSES, CANCELLED, INIT, MAX_DELAY_SECONDS, MAX_WAIT_SECONDS, TERMINAL_STATUSES
 from ackflow.db.accept import accept_request
 from ackflow.db.queries import sql
 from ackflow.db.transitions import transition
@@ -81,6 +82,7 @@ class RequestsController(Controller):
         tenant_id, settings = current_tenant(request), services.settings
         note_kind(request.state, data.kind)
         check_depth(data.payload, settings.max_json_depth)
+        _check_schedule(data)
         await services.rate_limiter.check(tenant_id)
         if data.callback_url is not None:
             await check_target(data.callback_url, allow_private=settings.webhook_allow_private, field="callback_url")
@@ -197,6 +199,7 @@ class RequestsController(Controller):
                 raise Conflict(f"request {request_id} already ended {row['status']}; it cannot be cancelled")
             if row["status"] == INIT:
                 await transition(connection, request_id, CANCELLED, (INIT,))
+                await connection.execute(sql("drop_unclaimed_accept"), request_id)
             else:
                 await connection.execute(sql("mark_cancel_requested"), request_id)
         return await load_state(services.pool, request_id, tenant_id)
@@ -231,6 +234,7 @@ def _accepted_body(row: asyncpg.Record, request: Request[Any, Any, Any], tokens:
         version=row["version"],
         created_at=row["created_at"],
         links=Links(self=location, events=f"{location}/events?token={token}"),
+        scheduled_for=row["scheduled_for"],
     )
     built: dict[str, Any] = msgspec.to_builtins(body)
     return built
@@ -266,6 +270,20 @@ def _accepted(body: dict[str, Any], settings: Settings) -> Response[Any]:
     return Response(body, status_code=202, headers=headers)
 
 
+def _check_schedule(data: CreateRequest) -> None:
+    """A delayed start names its time once, and no further ahead than MAX_DELAY_SECONDS."""
+    if data.run_at is not None and data.delay_seconds is not None:
+        raise InvalidInput(
+            "give run_at or delay_seconds, not both",
+            errors=[{"field": "delay_seconds", "in": "body", "message": "not allowed with run_at"}],
+        )
+    if data.run_at is not None and data.run_at > datetime.now(UTC) + timedelta(seconds=MAX_DELAY_SECONDS):
+        raise InvalidInput(
+            f"run_at is more than {MAX_DELAY_SECONDS // 86400} days ahead",
+            errors=[{"field": "run_at", "in": "body", "message": f"at most {MAX_DELAY_SECONDS} s from now"}],
+        )
+
+
 async def _insert_request(
     pool: asyncpg.Pool | asyncpg.Connection, tenant_id: uuid.UUID, data: CreateRequest
 ) -> asyncpg.Record:
@@ -280,6 +298,8 @@ async def _insert_request(
             callback_url=data.callback_url,
             callback_events=data.callback_events,
             trace_context=inject(),  # the POST's server span (None when not tracing)
+            run_at=data.run_at,
+            delay_seconds=data.delay_seconds,
         )
     except asyncpg.UntranslatableCharacterError:
         # Postgres jsonb cannot hold U+0000 in a string or key; the one statement failed as a whole.

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from ackflow.contracts import EVENT_TYPE_DESCRIPTION, EVENT_TYPE_PATTERN, HandlerOptions
+from ackflow.contracts import EVENT_TYPE_DESCRIPTION, EVENT_TYPE_PATTERN, MAX_DELAY_SECONDS, HandlerOptions
 from ackflow.handlers import KIND_PATTERN
 from ackflow.inputs import STORABLE_TEXT
 
@@ -18,12 +18,16 @@ EventType = Annotated[str, msgspec.Meta(pattern=EVENT_TYPE_PATTERN, description=
 
 class CreateRequest(msgspec.Struct, forbid_unknown_fields=True):
     """Body of POST /v1/requests. `callback_url` gets this request's status events as signed webhooks
-    (signed with the tenant's signing secret), optionally only the `callback_events` listed."""
+    (signed with the tenant's signing secret), optionally only the `callback_events` listed.
+    `run_at` (RFC 3339 with an offset) or `delay_seconds`, not both: start it no earlier than then,
+    at most 30 days ahead; until then it is INIT with `scheduled_for`, and can be cancelled."""
 
     kind: Kind
     payload: dict[str, Any] = msgspec.field(default_factory=dict)
     callback_url: Annotated[str, msgspec.Meta(min_length=1, max_length=2048, pattern=STORABLE_TEXT)] | None = None
     callback_events: Annotated[list[EventType], msgspec.Meta(min_length=1, max_length=10)] | None = None
+    run_at: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
+    delay_seconds: Annotated[float, msgspec.Meta(gt=0, le=MAX_DELAY_SECONDS)] | None = None
 
 
 class Links(msgspec.Struct):
@@ -54,8 +58,9 @@ class DeliverInput(msgspec.Struct, forbid_unknown_fields=True):
     value: Any = None
 
 
-class AcceptedRequest(msgspec.Struct):
-    """The 202 answer: the request is committed and will be processed."""
+class AcceptedRequest(msgspec.Struct, omit_defaults=True):
+    """The 202 answer: the request is committed and will be processed (a delayed start: not before
+    `scheduled_for`)."""
 
     id: uuid.UUID
     kind: str
@@ -63,6 +68,7 @@ class AcceptedRequest(msgspec.Struct):
     version: int
     created_at: datetime
     links: Links
+    scheduled_for: datetime | None = None
 
 
 class Progress(msgspec.Struct, omit_defaults=True):
@@ -97,6 +103,7 @@ class RequestState(msgspec.Struct):
     updated_at: datetime
     completed_at: datetime | None
     workflow_id: str | None = None  # the Temporal workflow it runs in (a batch's), once admitted
+    scheduled_for: datetime | None = None  # a delayed start: not started before then
     progress: Progress | None = None
     waiting: Waiting | None = None
     links: RequestLinks | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -20,10 +21,22 @@ async def accept_request(
     callback_url: str | None = None,
     callback_events: list[str] | None = None,
     trace_context: str | None = None,
+    run_at: datetime | None = None,
+    delay_seconds: float | None = None,
 ) -> asyncpg.Record | None:
     """Commit the request (INIT), its first event and its outbox row; None if no worker handles `kind`.
-    `trace_context`: the W3C traceparent of the span that accepted it (ackflow/tracing.py), or None."""
+    `trace_context`: the W3C traceparent of the span that accepted it (ackflow/tracing.py), or None.
+    `run_at` or `delay_seconds`: start it no earlier than then (by the database's clock)."""
     row: asyncpg.Record | None = await db.fetchrow(
-        sql("accept_request"), request_id, tenant_id, kind, payload, callback_url, callback_events, trace_context
+        sql("accept_request"),
+        request_id,
+        tenant_id,
+        kind,
+        payload,
+        callback_url,
+        callback_events,
+        trace_context,
+        run_at,
+        delay_seconds,
     )
     return row

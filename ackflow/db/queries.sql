@@ -4,23 +4,29 @@
 -- The whole accept path in one statement: the request, its first event and its outbox row,
 -- only if a worker has registered the kind (no row back means an unknown kind). $7: the POST's
 -- W3C traceparent (NULL when not tracing), the parent of every span of the request (ackflow/tracing.py).
+-- A delayed start (migration 0018): $8 a time to start at, or $9 seconds from now (both NULL: at
+-- once); the outbox row is not due before it, so no relay admits the request earlier.
 WITH handler AS (
     SELECT task_queue, options FROM handler_kinds WHERE kind = $3
 ), request AS (
-    INSERT INTO requests (id, tenant_id, kind, status, version, payload, callback_url, callback_events, trace_context)
-    SELECT $1, $2, $3, 'INIT', 1, $4::jsonb, $5, $6, $7 FROM handler
+    INSERT INTO requests (id, tenant_id, kind, status, version, payload, callback_url, callback_events, trace_context,
+                          scheduled_for)
+    SELECT $1, $2, $3, 'INIT', 1, $4::jsonb, $5, $6, $7, coalesce($8::timestamptz, now() + make_interval(secs => $9))
+      FROM handler
     RETURNING *
 ), event AS (
     INSERT INTO request_events (request_id, tenant_id, topic, status, version, data)
     SELECT r.id, r.tenant_id, 'request.accepted', r.status, r.version, ackflow_request_state(r) FROM request r
     RETURNING id
 ), outbox_row AS (
-    INSERT INTO outbox (topic, tenant_id, request_id, event_id, payload)
+    INSERT INTO outbox (topic, tenant_id, request_id, event_id, payload, available_at)
     SELECT 'request.accepted', r.tenant_id, r.id, e.id,
-           jsonb_build_object('kind', r.kind, 'task_queue', h.task_queue, 'handler', h.options)
+           jsonb_build_object('kind', r.kind, 'task_queue', h.task_queue, 'handler', h.options,
+                              'due_at', ackflow_timestamp(greatest(r.created_at, r.scheduled_for))),
+           greatest(now(), r.scheduled_for)
     FROM request r, event e, handler h
 )
-SELECT id, kind, status, version, created_at FROM request;
+SELECT id, kind, status, version, created_at, scheduled_for FROM request;
 
 -- name: transition_request
 -- One status change = one statement: requests + request_events + outbox. Only moves forward:
@@ -125,6 +131,7 @@ SELECT status, waiting FROM requests WHERE id = $1 AND tenant_id = $2;
 -- workflow_id: the batch's workflow; requests started before batches ran in `request-<id>`.
 -- trace_context: for the GET's span to link to (not part of the answer).
 SELECT id, kind, status, version, payload, result, error, created_at, updated_at, completed_at, progress, waiting,
+       scheduled_for,
        coalesce(workflow_id, CASE WHEN admitted_at IS NOT NULL THEN 'request-' || id::text END) AS workflow_id,
        trace_context
   FROM requests WHERE id = $1 AND tenant_id = $2;
@@ -174,6 +181,15 @@ SELECT status, payload, tenant_id, trace_context FROM requests WHERE id = $1;
 -- name: lock_request
 SELECT id, status, tenant_id FROM requests WHERE id = $1 AND tenant_id = $2 FOR UPDATE;
 
+-- name: drop_unclaimed_accept
+-- A request cancelled before it started: its accepted row, if no relay holds it, is of no more use
+-- (a delayed start's would wait out its delay first). One a relay holds is skipped, never waited
+-- for (its claim locks the row, then the request, which this transaction holds), and dropped by it.
+DELETE FROM outbox
+ WHERE id IN (SELECT id FROM outbox
+               WHERE request_id = $1 AND topic = 'request.accepted' AND claimed_until IS NULL
+                 FOR UPDATE SKIP LOCKED);
+
 -- name: mark_cancel_requested
 -- The cancel row names the request's workflow (a batch's, to signal; NULL for a request of before batches).
 WITH marked AS (
@@ -186,6 +202,7 @@ SELECT 'request.cancel_requested', tenant_id, id, jsonb_build_object('workflow_i
 -- name: list_requests
 -- Keyset pagination, newest first: $3 is the last id of the previous page (UUIDv7 ids sort by time).
 SELECT id, kind, status, version, payload, result, error, created_at, updated_at, completed_at, progress, waiting,
+       scheduled_for,
        coalesce(workflow_id, CASE WHEN admitted_at IS NOT NULL THEN 'request-' || id::text END) AS workflow_id
   FROM requests
  WHERE tenant_id = $1
@@ -912,10 +929,13 @@ SELECT EXISTS (SELECT 1 FROM d) AS owned, EXISTS (SELECT 1 FROM leased) AS taken
 -- the oldest in seconds. (Stage names have an underscore, so none reads as a delivery state.) Each
 -- part but the first reads a partial index or a small table; the first reads the outbox, a queue
 -- that is small unless work is backed up (then it is what an operator wants counted). Run when the
--- relay is scraped, at most once a second: outbox rows not dead-lettered (oldest by created_at),
--- dead letters, requests in flight (admitted, not ended) and waiting for admission (accepted rows
--- neither claimed nor dead), unfinished and failed webhook deliveries, endpoints disabled.
-SELECT 'outbox_rows' AS stage, topic AS key, count(*) AS n, extract(epoch FROM now() - min(created_at))::float8 AS oldest
+-- relay is scraped, at most once a second: outbox rows not dead-lettered (the oldest by when it was
+-- due: its commit, or a delayed start's scheduled time; a delayed start not yet due is counted, not
+-- aged), dead letters, requests in flight (admitted, not ended) and waiting for admission (accepted
+-- rows due, neither claimed nor dead), unfinished and failed webhook deliveries, endpoints disabled.
+SELECT 'outbox_rows' AS stage, topic AS key, count(*) AS n,
+       extract(epoch FROM now() - min(coalesce((payload ->> 'due_at')::timestamptz, created_at))
+                                 FILTER (WHERE topic <> 'request.accepted' OR available_at <= now()))::float8 AS oldest
   FROM outbox WHERE dead_at IS NULL GROUP BY topic
 UNION ALL
 SELECT 'dead_letters', '', count(*), NULL FROM outbox WHERE dead_at IS NOT NULL
@@ -926,8 +946,11 @@ SELECT 'in_flight', t.name, f.n, NULL
   JOIN tenants t ON t.id = f.tenant_id
 UNION ALL
 SELECT 'waiting_admission', t.name, w.n, w.oldest
-  FROM (SELECT tenant_id, count(*) AS n, extract(epoch FROM now() - min(created_at))::float8 AS oldest FROM outbox
-         WHERE topic = 'request.accepted' AND dead_at IS NULL AND claimed_until IS NULL GROUP BY tenant_id) w
+  FROM (SELECT tenant_id, count(*) AS n,
+               extract(epoch FROM now() - min(coalesce((payload ->> 'due_at')::timestamptz, created_at)))::float8 AS oldest
+          FROM outbox
+         WHERE topic = 'request.accepted' AND dead_at IS NULL AND claimed_until IS NULL AND available_at <= now()
+         GROUP BY tenant_id) w
   JOIN tenants t ON t.id = w.tenant_id
 UNION ALL
 SELECT 'delivery_states', state, count(*), NULL FROM webhook_deliveries

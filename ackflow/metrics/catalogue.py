@@ -54,7 +54,7 @@ OUTBOX_OLDEST_AGE = Gauge(
 OUTBOX_DEAD_LETTERS = Gauge("ackflow_outbox_dead_letters", "Dead-lettered outbox rows now.")
 REQUESTS_IN_FLIGHT = Gauge("ackflow_requests_in_flight", "Requests admitted and not yet ended, by tenant.", ["tenant"])
 REQUESTS_WAITING_ADMISSION = Gauge(
-    "ackflow_requests_waiting_admission", "Requests accepted and not yet admitted, by tenant.", ["tenant"]
+    "ackflow_requests_waiting_admission", "Requests accepted, due and not yet admitted, by tenant.", ["tenant"]
 )
 ADMISSION_OLDEST_WAIT = Gauge(
     "ackflow_admission_oldest_wait_seconds", "Age of the oldest request waiting for admission (0 when none)."

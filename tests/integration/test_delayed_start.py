@@ -115,7 +115,7 @@ async def test_a_tenant_with_only_delayed_requests_takes_no_share_of_a_full_room
     assert await relay.relay_batch() == 4  # the room is full
     for _ in range(5):
         await accept_delayed(pool, later, delay_seconds=600.0)
-    await accept_requests(pool, waiting, 5)
+    await accept_requests(pool, waiting, 5, kind="sleep", payload={"seconds": 30})  # still in flight when counted
 
     await relay.relay_batch()
 

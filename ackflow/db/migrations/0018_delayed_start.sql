@@ -121,11 +121,12 @@ BEGIN
         SELECT a.tenant_id, coalesce(f.n, 0) AS n, t.admission_weight AS weight, a.waiting
           FROM (SELECT tenant_id, bool_or(waiting) AS waiting
                   FROM (SELECT w.tenant_id, true AS waiting FROM waiting_tenants w
+                         CROSS JOIN LATERAL (  -- one probe of outbox_waiting_idx a tenant, never a join over the outbox
+                                SELECT FROM outbox o
+                                 WHERE o.tenant_id = w.tenant_id AND o.topic = 'request.accepted'
+                                   AND o.dead_at IS NULL AND o.claimed_until IS NULL AND o.available_at <= now()
+                                 ORDER BY o.available_at LIMIT 1) due
                          WHERE w.tenant_id IS NOT NULL
-                           AND EXISTS (SELECT FROM outbox o
-                                        WHERE o.tenant_id = w.tenant_id AND o.topic = 'request.accepted'
-                                          AND o.dead_at IS NULL AND o.claimed_until IS NULL
-                                          AND o.available_at <= now())
                         UNION ALL SELECT tenant_id, false FROM in_flight) x
                  GROUP BY tenant_id) a
           JOIN tenants t ON t.id = a.tenant_id

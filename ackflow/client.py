@@ -99,6 +99,7 @@ class RequestState(msgspec.Struct, frozen=True, kw_only=True):
     completed_at: datetime | None = None
     workflow_id: str | None = None
     scheduled_for: datetime | None = None
+    expires_at: datetime | None = None
     progress: Progress | None = None
     waiting: Waiting | None = None
     links: Links | None = None
@@ -246,6 +247,8 @@ class AckflowClient:
         wait: float | None = None,
         run_at: datetime | None = None,
         delay_seconds: float | None = None,
+        expires_at: datetime | None = None,
+        ttl_seconds: float | None = None,
     ) -> RequestState:
         """Submit a request; the answer (status INIT, with `links`) means it is committed and will run.
 
@@ -254,7 +257,8 @@ class AckflowClient:
         `wait` (seconds, at most 60) is sent as `Prefer: wait=N`: a request that ends by then comes
         back in its final state (`terminal`), one that does not in its accepted state, as without it.
         `run_at` (an aware datetime) or `delay_seconds`: start it no earlier than then (at most 30 days
-        ahead); its state shows `scheduled_for`.
+        ahead); its state shows `scheduled_for`. `expires_at` or `ttl_seconds`: not started by then,
+        it ends CANCELLED (error type Expired).
         """
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else {}
         if wait is not None:
@@ -265,6 +269,10 @@ class AckflowClient:
             body["run_at"] = run_at.isoformat()
         if delay_seconds is not None:
             body["delay_seconds"] = delay_seconds
+        if expires_at is not None:
+            body["expires_at"] = expires_at.isoformat()
+        if ttl_seconds is not None:
+            body["ttl_seconds"] = ttl_seconds
         response = await self._http.post("/v1/requests", json=body, headers=headers, timeout=timeout)
         return _decode(response, RequestState)
 

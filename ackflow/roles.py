@@ -99,10 +99,10 @@ async def run_relay(
     settings: Settings, stop: asyncio.Event, *, pool: asyncpg.Pool, client: Client, redis: Redis
 ) -> None:
     """Relay the outbox until `stop` is set; in the background, reconcile requests in flight with their
-    workflows and prune finished work (ackflow.db.retention)."""
+    workflows, cancel requests that expired before they started, and prune finished work (ackflow.db.retention)."""
     from ackflow.db.retention import Pruner
     from ackflow.temporal import traced
-    from outbox_cdc import DeadLetterLimits, OutboxRelay, Reconciler, WorkflowAdmission
+    from outbox_cdc import DeadLetterLimits, ExpirySweep, OutboxRelay, Reconciler, WorkflowAdmission
 
     client = traced(client)
     relay = OutboxRelay(
@@ -122,6 +122,7 @@ async def run_relay(
     refreshers = (*_dependency_checks(pool, client, redis), stage_health_refresher(pool))
     background = [
         asyncio.create_task(reconciler.run(stop), name="reconcile"),
+        asyncio.create_task(ExpirySweep(pool).run(stop), name="expiry"),
         asyncio.create_task(Pruner.from_settings(pool, settings).run(stop), name="retention"),
     ]
     try:

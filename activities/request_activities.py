@@ -34,7 +34,7 @@ from ackflow.contracts import (
     StartProcessingOutput,
 )
 from ackflow.db.queries import sql
-from ackflow.db.transitions import transition, transition_many
+from ackflow.db.transitions import start_many, start_request, transition, transition_many
 from ackflow.handlers import HandlerRegistry, PermanentError
 from ackflow.logs import bind_log_context, log_context
 from ackflow.progress_reports import ProgressReports
@@ -77,7 +77,7 @@ class RequestActivities:
     async def start_processing(self, start: StartProcessingInput) -> StartProcessingOutput:
         """INIT -> PROCESSING. Says not to proceed if the request already ended (cancelled before start)."""
         bind_log_context(request_id=start.request_id)
-        if await transition(self._pool, start.request_id, PROCESSING, (INIT,)) is None:
+        if await start_request(self._pool, start.request_id) is None:
             status = await self._status(start.request_id)
             if status in TERMINAL_STATUSES or status is None:
                 return StartProcessingOutput(proceed=False)
@@ -95,8 +95,8 @@ class RequestActivities:
             raise ApplicationError(
                 f"no handler function for kind {run.kind!r} on this worker", type="UnknownKind", non_retryable=True
             )
-        row = await transition(self._pool, run.request_id, PROCESSING, (INIT,))
-        if row is None:  # a retry (PROCESSING already), or the request ended meanwhile
+        row = await start_request(self._pool, run.request_id)
+        if row is None:  # a retry (PROCESSING already), or the request ended meanwhile (or expired)
             row = await self._pool.fetchrow(sql("request_status_and_payload"), uuid.UUID(run.request_id))
             if row is None or row["status"] != PROCESSING:
                 return RunHandlerOutput(status=row and row["status"])  # ended: nothing to do
@@ -143,7 +143,7 @@ class RequestActivities:
         ended meanwhile are left alone.
         """
         members = {request.request_id: request for request in batch.requests}
-        started = await transition_many(self._pool, [{"id": i, "status": PROCESSING} for i in members], (INIT,))
+        started = await start_many(self._pool, members)
         rows = {str(row["id"]): row for row in started}
         if len(rows) < len(members):  # the rest: PROCESSING already (a retry of this activity), or ended
             rest = [uuid.UUID(i) for i in members if i not in rows]

@@ -15,7 +15,6 @@ from temporalio.exceptions import ApplicationError
 
 from ackflow.contracts import (
     DONE,
-    INIT,
     PROCESSING,
     MarkWaitingInput,
     RecordWorkInput,
@@ -23,7 +22,7 @@ from ackflow.contracts import (
     StartWorkOutput,
 )
 from ackflow.db.queries import sql
-from ackflow.db.transitions import transition
+from ackflow.db.transitions import start_request, transition
 from ackflow.logs import bind_log_context
 from activities.handler_runs import check_result
 
@@ -38,7 +37,7 @@ class WorkActivities:
         """INIT -> PROCESSING, and the payload the workflow kind runs on. Run again after a crash it
         finds the request PROCESSING and goes on; an ended request (cancelled first) does not start."""
         bind_log_context(request_id=start.request_id)
-        row = await transition(self._pool, start.request_id, PROCESSING, (INIT,))
+        row = await start_request(self._pool, start.request_id)
         if row is not None:
             return StartWorkOutput(proceed=True, payload=row["payload"])
         current = await self._pool.fetchrow(sql("request_status_and_payload"), uuid.UUID(start.request_id))

@@ -235,6 +235,7 @@ def _accepted_body(row: asyncpg.Record, request: Request[Any, Any, Any], tokens:
         created_at=row["created_at"],
         links=Links(self=location, events=f"{location}/events?token={token}"),
         scheduled_for=row["scheduled_for"],
+        expires_at=row["expires_at"],
     )
     built: dict[str, Any] = msgspec.to_builtins(body)
     return built
@@ -271,16 +272,31 @@ def _accepted(body: dict[str, Any], settings: Settings) -> Response[Any]:
 
 
 def _check_schedule(data: CreateRequest) -> None:
-    """A delayed start names its time once, and no further ahead than MAX_DELAY_SECONDS."""
-    if data.run_at is not None and data.delay_seconds is not None:
+    """A delayed start and an expiry each name their time once, no further ahead than
+    MAX_DELAY_SECONDS, and a request does not expire before it is due to start."""
+    now = datetime.now(UTC)
+    furthest = now + timedelta(seconds=MAX_DELAY_SECONDS)
+    for at, seconds, (at_field, seconds_field) in (
+        (data.run_at, data.delay_seconds, ("run_at", "delay_seconds")),
+        (data.expires_at, data.ttl_seconds, ("expires_at", "ttl_seconds")),
+    ):
+        if at is not None and seconds is not None:
+            raise InvalidInput(
+                f"give {at_field} or {seconds_field}, not both",
+                errors=[{"field": seconds_field, "in": "body", "message": f"not allowed with {at_field}"}],
+            )
+        if at is not None and at > furthest:
+            raise InvalidInput(
+                f"{at_field} is more than {MAX_DELAY_SECONDS // 86400} days ahead",
+                errors=[{"field": at_field, "in": "body", "message": f"at most {MAX_DELAY_SECONDS} s from now"}],
+            )
+    starts = data.run_at or now + timedelta(seconds=data.delay_seconds or 0)
+    expires = data.expires_at or (now + timedelta(seconds=data.ttl_seconds) if data.ttl_seconds else None)
+    if expires is not None and expires <= starts:
+        field = "expires_at" if data.expires_at is not None else "ttl_seconds"
         raise InvalidInput(
-            "give run_at or delay_seconds, not both",
-            errors=[{"field": "delay_seconds", "in": "body", "message": "not allowed with run_at"}],
-        )
-    if data.run_at is not None and data.run_at > datetime.now(UTC) + timedelta(seconds=MAX_DELAY_SECONDS):
-        raise InvalidInput(
-            f"run_at is more than {MAX_DELAY_SECONDS // 86400} days ahead",
-            errors=[{"field": "run_at", "in": "body", "message": f"at most {MAX_DELAY_SECONDS} s from now"}],
+            "the request would expire before it is due to start",
+            errors=[{"field": field, "in": "body", "message": "must be after run_at / delay_seconds and now"}],
         )
 
 
@@ -300,6 +316,8 @@ async def _insert_request(
             trace_context=inject(),  # the POST's server span (None when not tracing)
             run_at=data.run_at,
             delay_seconds=data.delay_seconds,
+            expires_at=data.expires_at,
+            ttl_seconds=data.ttl_seconds,
         )
     except asyncpg.UntranslatableCharacterError:
         # Postgres jsonb cannot hold U+0000 in a string or key; the one statement failed as a whole.

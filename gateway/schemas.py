@@ -20,7 +20,9 @@ class CreateRequest(msgspec.Struct, forbid_unknown_fields=True):
     """Body of POST /v1/requests. `callback_url` gets this request's status events as signed webhooks
     (signed with the tenant's signing secret), optionally only the `callback_events` listed.
     `run_at` (RFC 3339 with an offset) or `delay_seconds`, not both: start it no earlier than then,
-    at most 30 days ahead; until then it is INIT with `scheduled_for`, and can be cancelled."""
+    at most 30 days ahead; until then it is INIT with `scheduled_for`, and can be cancelled.
+    `expires_at` or `ttl_seconds`, not both, after any `run_at`: not started by then, it ends CANCELLED
+    with the error type Expired."""
 
     kind: Kind
     payload: dict[str, Any] = msgspec.field(default_factory=dict)
@@ -28,6 +30,8 @@ class CreateRequest(msgspec.Struct, forbid_unknown_fields=True):
     callback_events: Annotated[list[EventType], msgspec.Meta(min_length=1, max_length=10)] | None = None
     run_at: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
     delay_seconds: Annotated[float, msgspec.Meta(gt=0, le=MAX_DELAY_SECONDS)] | None = None
+    expires_at: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
+    ttl_seconds: Annotated[float, msgspec.Meta(gt=0, le=MAX_DELAY_SECONDS)] | None = None
 
 
 class Links(msgspec.Struct):
@@ -69,6 +73,7 @@ class AcceptedRequest(msgspec.Struct, omit_defaults=True):
     created_at: datetime
     links: Links
     scheduled_for: datetime | None = None
+    expires_at: datetime | None = None
 
 
 class Progress(msgspec.Struct, omit_defaults=True):
@@ -104,6 +109,7 @@ class RequestState(msgspec.Struct):
     completed_at: datetime | None
     workflow_id: str | None = None  # the Temporal workflow it runs in (a batch's), once admitted
     scheduled_for: datetime | None = None  # a delayed start: not started before then
+    expires_at: datetime | None = None  # not started by then, it ends CANCELLED (Expired)
     progress: Progress | None = None
     waiting: Waiting | None = None
     links: RequestLinks | None = None

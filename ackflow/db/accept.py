@@ -23,10 +23,13 @@ async def accept_request(
     trace_context: str | None = None,
     run_at: datetime | None = None,
     delay_seconds: float | None = None,
+    expires_at: datetime | None = None,
+    ttl_seconds: float | None = None,
 ) -> asyncpg.Record | None:
     """Commit the request (INIT), its first event and its outbox row; None if no worker handles `kind`.
     `trace_context`: the W3C traceparent of the span that accepted it (ackflow/tracing.py), or None.
-    `run_at` or `delay_seconds`: start it no earlier than then (by the database's clock)."""
+    `run_at` or `delay_seconds`: start it no earlier than then; `expires_at` or `ttl_seconds`: if it has
+    not started by then, it ends CANCELLED (both by the database's clock)."""
     row: asyncpg.Record | None = await db.fetchrow(
         sql("accept_request"),
         request_id,
@@ -38,5 +41,7 @@ async def accept_request(
         trace_context,
         run_at,
         delay_seconds,
+        expires_at,
+        ttl_seconds,
     )
     return row

@@ -5,13 +5,15 @@
 -- only if a worker has registered the kind (no row back means an unknown kind). $7: the POST's
 -- W3C traceparent (NULL when not tracing), the parent of every span of the request (ackflow/tracing.py).
 -- A delayed start (migration 0018): $8 a time to start at, or $9 seconds from now (both NULL: at
--- once); the outbox row is not due before it, so no relay admits the request earlier.
+-- once); the outbox row is not due before it, so no relay admits the request earlier. Expiry
+-- (migration 0019): $10 a time, or $11 seconds from now, by which it must have started.
 WITH handler AS (
     SELECT task_queue, options FROM handler_kinds WHERE kind = $3
 ), request AS (
     INSERT INTO requests (id, tenant_id, kind, status, version, payload, callback_url, callback_events, trace_context,
-                          scheduled_for)
-    SELECT $1, $2, $3, 'INIT', 1, $4::jsonb, $5, $6, $7, coalesce($8::timestamptz, now() + make_interval(secs => $9))
+                          scheduled_for, expires_at)
+    SELECT $1, $2, $3, 'INIT', 1, $4::jsonb, $5, $6, $7, coalesce($8::timestamptz, now() + make_interval(secs => $9)),
+           coalesce($10::timestamptz, now() + make_interval(secs => $11))
       FROM handler
     RETURNING *
 ), event AS (
@@ -26,24 +28,30 @@ WITH handler AS (
            greatest(now(), r.scheduled_for)
     FROM request r, event e, handler h
 )
-SELECT id, kind, status, version, created_at, scheduled_for FROM request;
+SELECT id, kind, status, version, created_at, scheduled_for, expires_at FROM request;
 
 -- name: transition_request
 -- One status change = one statement: requests + request_events + outbox. Only moves forward:
 -- the row changes only if its status is one of $3. No row back means it was not in such a status.
 -- A move to PROCESSING also returns the payload, which the handler runs on next (one read fewer),
--- and the request's trace context, the parent of the handler's span.
+-- and the request's trace context, the parent of the handler's span. A move to PROCESSING of a
+-- request past its expires_at records CANCELLED (Expired) instead (migration 0019).
 WITH changed AS (
     UPDATE requests
-       SET status = $2, version = version + 1, updated_at = now(),
-           result = COALESCE($4::jsonb, result), error = COALESCE($5::jsonb, error),
-           completed_at = CASE WHEN $2 IN ('DONE', 'FAILED', 'CANCELLED') THEN now() END,
+       SET status = CASE WHEN $2 = 'PROCESSING' AND expires_at <= now() THEN 'CANCELLED' ELSE $2 END,
+           version = version + 1, updated_at = now(), result = COALESCE($4::jsonb, result),
+           error = CASE WHEN $2 = 'PROCESSING' AND expires_at <= now() THEN ackflow_expired_error(expires_at)
+                        ELSE COALESCE($5::jsonb, error) END,
+           completed_at = CASE WHEN $2 IN ('DONE', 'FAILED', 'CANCELLED') OR ($2 = 'PROCESSING' AND expires_at <= now())
+                               THEN now() END,
            waiting = CASE WHEN $2 IN ('DONE', 'FAILED', 'CANCELLED') THEN NULL ELSE waiting END
      WHERE id = $1 AND status = ANY($3::text[])
     RETURNING *
 ), event AS (
     INSERT INTO request_events (request_id, tenant_id, topic, status, version, data)
-    SELECT r.id, r.tenant_id, $6, r.status, r.version, ackflow_request_state(r) FROM changed r
+    SELECT r.id, r.tenant_id, CASE WHEN r.status = $2 THEN $6 ELSE 'request.' || lower(r.status) END,
+           r.status, r.version, ackflow_request_state(r)
+      FROM changed r
     RETURNING id, request_id, tenant_id, topic, data
 ), outbox_row AS (
     INSERT INTO outbox (topic, tenant_id, request_id, event_id, payload)
@@ -131,7 +139,7 @@ SELECT status, waiting FROM requests WHERE id = $1 AND tenant_id = $2;
 -- workflow_id: the batch's workflow; requests started before batches ran in `request-<id>`.
 -- trace_context: for the GET's span to link to (not part of the answer).
 SELECT id, kind, status, version, payload, result, error, created_at, updated_at, completed_at, progress, waiting,
-       scheduled_for,
+       scheduled_for, expires_at,
        coalesce(workflow_id, CASE WHEN admitted_at IS NOT NULL THEN 'request-' || id::text END) AS workflow_id,
        trace_context
   FROM requests WHERE id = $1 AND tenant_id = $2;
@@ -140,13 +148,17 @@ SELECT id, kind, status, version, payload, result, error, created_at, updated_at
 -- Many status changes in one statement, as transition_request does one: $1 is a JSON array of
 -- {id, status, result, error}; each request moves only if its status is one of $2. Returns the rows
 -- that moved (with the payload and trace context on a move to PROCESSING, which the handler runs on next).
+-- A move to PROCESSING of a request past its expires_at records CANCELLED (Expired) instead.
 WITH wanted AS (
     SELECT * FROM jsonb_to_recordset($1::jsonb) AS w (id uuid, status text, result jsonb, error jsonb)
 ), changed AS (
     UPDATE requests r
-       SET status = w.status, version = r.version + 1, updated_at = now(),
-           result = coalesce(w.result, r.result), error = coalesce(w.error, r.error),
-           completed_at = CASE WHEN w.status IN ('DONE', 'FAILED', 'CANCELLED') THEN now() END,
+       SET status = CASE WHEN w.status = 'PROCESSING' AND r.expires_at <= now() THEN 'CANCELLED' ELSE w.status END,
+           version = r.version + 1, updated_at = now(), result = coalesce(w.result, r.result),
+           error = CASE WHEN w.status = 'PROCESSING' AND r.expires_at <= now() THEN ackflow_expired_error(r.expires_at)
+                        ELSE coalesce(w.error, r.error) END,
+           completed_at = CASE WHEN w.status IN ('DONE', 'FAILED', 'CANCELLED')
+                                 OR (w.status = 'PROCESSING' AND r.expires_at <= now()) THEN now() END,
            waiting = CASE WHEN w.status IN ('DONE', 'FAILED', 'CANCELLED') THEN NULL ELSE r.waiting END
       FROM wanted w
      WHERE r.id = w.id AND r.status = ANY ($2::text[])
@@ -181,6 +193,33 @@ SELECT status, payload, tenant_id, trace_context FROM requests WHERE id = $1;
 -- name: lock_request
 SELECT id, status, tenant_id FROM requests WHERE id = $1 AND tenant_id = $2 FOR UPDATE;
 
+-- name: expire_requests
+-- The relays' expiry sweep: up to $1 requests still INIT past their expires_at (waiting for admission,
+-- or admitted while no worker ran) end CANCELLED (Expired), as a status change is recorded, and
+-- their accepted rows no relay holds go. Locks only what no one else holds: it never waits.
+WITH expired AS (
+    SELECT id FROM requests WHERE status = 'INIT' AND expires_at <= now()
+     ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED
+), changed AS (
+    UPDATE requests r
+       SET status = 'CANCELLED', version = r.version + 1, updated_at = now(), completed_at = now(),
+           error = ackflow_expired_error(r.expires_at)
+      FROM expired e WHERE r.id = e.id
+    RETURNING r.*
+), event AS (
+    INSERT INTO request_events (request_id, tenant_id, topic, status, version, data)
+    SELECT c.id, c.tenant_id, 'request.cancelled', c.status, c.version, ackflow_request_state(c) FROM changed c
+    RETURNING id, request_id, tenant_id, topic, data
+), outbox_row AS (
+    INSERT INTO outbox (topic, tenant_id, request_id, event_id, payload)
+    SELECT topic, tenant_id, request_id, id, data FROM event
+), dropped AS (
+    DELETE FROM outbox WHERE id IN (SELECT o.id FROM outbox o JOIN expired e ON o.request_id = e.id
+                                     WHERE o.topic = 'request.accepted' AND o.claimed_until IS NULL
+                                       FOR UPDATE OF o SKIP LOCKED)
+)
+SELECT count(*) FROM changed;
+
 -- name: drop_unclaimed_accept
 -- A request cancelled before it started: its accepted row, if no relay holds it, is of no more use
 -- (a delayed start's would wait out its delay first). One a relay holds is skipped, never waited
@@ -202,7 +241,7 @@ SELECT 'request.cancel_requested', tenant_id, id, jsonb_build_object('workflow_i
 -- name: list_requests
 -- Keyset pagination, newest first: $3 is the last id of the previous page (UUIDv7 ids sort by time).
 SELECT id, kind, status, version, payload, result, error, created_at, updated_at, completed_at, progress, waiting,
-       scheduled_for,
+       scheduled_for, expires_at,
        coalesce(workflow_id, CASE WHEN admitted_at IS NOT NULL THEN 'request-' || id::text END) AS workflow_id
   FROM requests
  WHERE tenant_id = $1

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 import asyncpg
 
-from ackflow.contracts import FAILED, INIT, TOPIC_ACCEPTED, TOPIC_BATCH, TOPIC_FOR_STATUS
+from ackflow.contracts import FAILED, INIT, PROCESSING, TOPIC_ACCEPTED, TOPIC_BATCH, TOPIC_FOR_STATUS
 from ackflow.db.queries import sql
 from ackflow.metrics import STATUS_TRANSITIONS
 
@@ -37,8 +38,21 @@ async def transition(
         TOPIC_FOR_STATUS[to_status],
     )
     if row is not None:  # counted once the statement ran; a transaction rolled back later still counts
-        STATUS_TRANSITIONS.labels(status=to_status).inc()
+        STATUS_TRANSITIONS.labels(status=row["status"]).inc()
     return row
+
+
+async def start_request(db: asyncpg.Pool | asyncpg.Connection, request_id: str | uuid.UUID) -> asyncpg.Record | None:
+    """INIT -> PROCESSING: the row to run (as `transition` returns it), or None if the request is not
+    INIT, or expired (then it ended CANCELLED in the same statement: it never starts late)."""
+    row = await transition(db, request_id, PROCESSING, (INIT,))
+    return row if row is not None and row["status"] == PROCESSING else None
+
+
+async def start_many(db: asyncpg.Pool | asyncpg.Connection, request_ids: Iterable[str]) -> list[asyncpg.Record]:
+    """`start_request` for many requests in one statement: the rows that started."""
+    moved = await transition_many(db, [{"id": i, "status": PROCESSING} for i in request_ids], (INIT,))
+    return [row for row in moved if row["status"] == PROCESSING]
 
 
 async def transition_many(

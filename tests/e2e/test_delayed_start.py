@@ -1,6 +1,8 @@
-"""Delayed start on the running stack: POST /v1/requests with `delay_seconds` or `run_at` answers 202
-at once with `scheduled_for`, the request stays INIT until then and is never started earlier, it can be
-cancelled while it waits (and its outbox row goes with it), and the client passes both through."""
+"""Delayed start and expiry on the running stack: POST /v1/requests with `delay_seconds` or `run_at`
+answers 202 at once with `scheduled_for`, the request stays INIT until then and is never started
+earlier, it can be cancelled while it waits (and its outbox row goes with it); `ttl_seconds` or
+`expires_at` show as `expires_at`; the client passes them all through. (Requests that do expire:
+tests/integration/test_expiry.py and tests/chaos/test_expiry_killed.py.)"""
 
 from __future__ import annotations
 
@@ -92,3 +94,17 @@ async def test_the_client_submits_with_a_delay_or_a_time(sdk: AckflowClient) -> 
 
 
 __all__ = ["sdk"]  # the fixture
+
+
+async def test_a_request_with_an_expiry_it_meets_runs_to_done_and_shows_its_expires_at(
+    client: httpx.AsyncClient, sdk: AckflowClient
+) -> None:
+    accepted = await submit(client, ttl_seconds=600)
+    expires_at = datetime.fromisoformat(accepted["expires_at"])
+    assert timedelta(seconds=590) < expires_at - datetime.now(UTC) <= timedelta(seconds=600)
+    done = await wait_for_status(client, accepted["id"], {"DONE"}, timeout=60)
+    assert done["expires_at"] == accepted["expires_at"]
+
+    via_client = await sdk.submit("echo", {}, expires_at=datetime.now(UTC) + timedelta(minutes=5))
+    assert via_client.expires_at is not None
+    assert (await sdk.wait(via_client.id, timeout=60)).status == "DONE"

@@ -24,8 +24,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import asyncpg
+
 from ackflow import devstack
 from ackflow.errors import DevStackError
+from ackflow.tenants import NewApiKey, create_tenant
 from tests.helpers import assert_eventually
 
 log = logging.getLogger(__name__)
@@ -207,3 +210,16 @@ async def running_stack(root: Path, extra_env: dict[str, str]) -> AsyncIterator[
             with contextlib.suppress(asyncio.CancelledError):
                 await supervisor
         stack.stop()
+
+
+async def tenant_once_registered(pool: asyncpg.Pool, name: str, kind: str) -> NewApiKey:
+    """A new tenant (with its API key), once a worker of the stack has registered `kind`: before that,
+    the gateway would refuse requests of that kind and the accept statement would write nothing."""
+    async with pool.acquire() as connection:
+        key = await create_tenant(connection, name)
+    await assert_eventually(
+        lambda: pool.fetchval("SELECT count(*) FROM handler_kinds WHERE kind = $1", kind),
+        timeout=60,
+        message=f"no worker registered the {kind} kind",
+    )
+    return key

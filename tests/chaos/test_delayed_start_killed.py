@@ -8,8 +8,7 @@ from pathlib import Path
 from ackflow.db.accept import accept_request
 from ackflow.db.pool import create_pool
 from ackflow.ids import new_request_id
-from ackflow.tenants import create_tenant
-from tests.chaos.stack import running_stack
+from tests.chaos.stack import running_stack, tenant_once_registered
 from tests.helpers import assert_eventually
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -20,13 +19,7 @@ async def test_delayed_requests_whose_relays_are_killed_start_once_and_never_ear
     async with running_stack(chaos_root, {"PYTHONPATH": str(REPOSITORY)}) as stack:
         pool = await create_pool(stack.database_url, size=2)
         try:
-            async with pool.acquire() as connection:
-                tenant = await create_tenant(connection, "delayed")
-            await assert_eventually(
-                lambda: pool.fetchval("SELECT count(*) FROM handler_kinds WHERE kind = 'echo'"),
-                timeout=60,
-                message="no worker registered the echo kind",
-            )
+            tenant = await tenant_once_registered(pool, "delayed", "echo")
             ids = [new_request_id() for _ in range(REQUESTS)]
             for i, request_id in enumerate(ids):  # due from 1 s to about 8 s from now
                 row = await accept_request(

@@ -9,8 +9,7 @@ from pathlib import Path
 from ackflow.db.accept import accept_request
 from ackflow.db.pool import create_pool
 from ackflow.ids import new_request_id
-from ackflow.tenants import create_tenant
-from tests.chaos.stack import running_stack
+from tests.chaos.stack import running_stack, tenant_once_registered
 from tests.helpers import assert_eventually
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -23,13 +22,7 @@ async def test_requests_that_expire_while_the_workers_are_killed_never_start_and
     async with running_stack(chaos_root, {"PYTHONPATH": str(REPOSITORY)}) as stack:
         pool = await create_pool(stack.database_url, size=2)
         try:
-            async with pool.acquire() as connection:
-                tenant = await create_tenant(connection, "expiring")
-            await assert_eventually(
-                lambda: pool.fetchval("SELECT count(*) FROM handler_kinds WHERE kind = 'echo'"),
-                timeout=60,
-                message="no worker registered the echo kind",
-            )
+            tenant = await tenant_once_registered(pool, "expiring", "echo")
             for worker in ("worker-1", "worker-2"):
                 stack.kill(worker)
             short, long = [new_request_id() for _ in range(EACH)], [new_request_id() for _ in range(EACH)]

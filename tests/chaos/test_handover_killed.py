@@ -15,9 +15,8 @@ from temporalio.service import RPCError
 from ackflow.db.accept import accept_request
 from ackflow.db.pool import create_pool
 from ackflow.ids import new_request_id
-from ackflow.tenants import create_tenant
 from activities.request_activities import LOCAL_BUDGET_SECONDS
-from tests.chaos.stack import running_stack
+from tests.chaos.stack import running_stack, tenant_once_registered
 from tests.helpers import assert_eventually
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -32,13 +31,7 @@ async def test_a_handed_over_handler_whose_worker_is_killed_runs_again_alone_and
     async with running_stack(chaos_root, handlers) as stack:
         pool = await create_pool(stack.database_url, size=2)
         try:
-            async with pool.acquire() as connection:
-                tenant = await create_tenant(connection, "handover")
-            await assert_eventually(
-                lambda: pool.fetchval("SELECT count(*) FROM handler_kinds WHERE kind = 'nap'"),
-                timeout=60,
-                message="no worker registered the nap kind",
-            )
+            tenant = await tenant_once_registered(pool, "handover", "nap")
             request_id = new_request_id()
             payload = {"seconds": 2 * LOCAL_BUDGET_SECONDS}
             assert await accept_request(pool, request_id, tenant.tenant_id, "nap", payload) is not None  # relays poll

@@ -14,8 +14,7 @@ from typing import Any
 import httpx
 
 from ackflow.db.pool import create_pool
-from ackflow.tenants import create_tenant
-from tests.chaos.stack import running_stack
+from tests.chaos.stack import running_stack, tenant_once_registered
 from tests.helpers import assert_eventually
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -31,15 +30,9 @@ async def test_a_pipeline_whose_workers_are_killed_mid_step_and_while_waiting_re
     async with running_stack(chaos_root, handlers) as stack:
         pool = await create_pool(stack.database_url, size=2)
         try:
-            async with pool.acquire() as connection:
-                key = await create_tenant(connection, "pipeline-killed")
+            key = await tenant_once_registered(pool, "pipeline-killed", "pipeline")
             headers = {"Authorization": f"Bearer {key.key}"}
             async with httpx.AsyncClient(base_url=stack.base_url, headers=headers, timeout=30) as api:
-                await assert_eventually(
-                    lambda: pool.fetchval("SELECT count(*) FROM handler_kinds WHERE kind = 'pipeline'"),
-                    timeout=60,
-                    message="no worker registered the pipeline kind",
-                )
                 body = {"kind": "pipeline", "payload": {"items": 8, "step_seconds": 0.5}}
                 accepted = await api.post("/v1/requests", json=body)
                 assert accepted.status_code == 202, accepted.text

@@ -69,7 +69,7 @@ EVENT_TYPE_DESCRIPTION = ", ".join(_EVENT_TYPES) + ", or request.* (every one bu
 
 # The HTTP API, as the gateway serves it and ackflow.client relies on it.
 MAX_WAIT_SECONDS = 60  # the longest long poll (GET /v1/requests/{id}?wait=, Prefer: wait=)
-MAX_DELAY_SECONDS = 30 * 24 * 3600  # the furthest a delayed start may be (POST /v1/requests run_at, delay_seconds)
+MAX_DELAY_SECONDS = 30 * 24 * 3600  # the furthest ahead a delayed start or an expiry may be (POST /v1/requests)
 PROBLEM_MEDIA_TYPE = "application/problem+json"  # every error answer (RFC 9457)
 
 

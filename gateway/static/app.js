@@ -165,11 +165,16 @@
     progressMessage.textContent = typeof progress.message === "string" ? `${percent}, ${progress.message}` : percent;
   }
 
+  // Approve and Reject: usable while no decision is on its way.
+  function enableDecision(enabled) {
+    for (const button of waitingBox.querySelectorAll("button")) button.disabled = !enabled;
+  }
+
   function showWaiting(watched, waiting) {
     watched.waiting = waiting && typeof waiting.input === "string" ? waiting.input : null;
     waitingBox.hidden = watched.waiting === null || watched.ended;
     $("waiting-input").textContent = watched.waiting || "";
-    for (const button of waitingBox.querySelectorAll("button")) button.disabled = false;
+    enableDecision(true);
   }
 
   function onEvent(watched, event) {
@@ -284,14 +289,14 @@
     const watched = current;
     if (!watched || watched.ended || !watched.waiting) return;
     clearError();
-    for (const button of waitingBox.querySelectorAll("button")) button.disabled = true;
+    enableDecision(false);
     try {
       const value = { approved, by: "the ackflow page" };
       await callApi("POST", `/v1/requests/${encodeURIComponent(watched.id)}/input`, { name: watched.waiting, value });
       if (current === watched) waitingBox.hidden = true;
     } catch (error) {
       showError(error.title || "Error", error.detail || String(error));
-      for (const button of waitingBox.querySelectorAll("button")) button.disabled = false;
+      enableDecision(true);
     }
   }
 

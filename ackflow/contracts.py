@@ -56,6 +56,7 @@ TOPIC_PROGRESS = "request.progress"  # a progress report of a PROCESSING request
 TOPIC_WAITING = "request.waiting"  # a workflow kind waits for outside input (ackflow/workflow_kinds.py)
 TOPIC_INPUT_RECEIVED = "request.input_received"  # that input was accepted: the request runs on
 TOPIC_INPUT = "request.input"  # outbox only: relay an accepted input to the workflow waiting for it
+TOPIC_SUPERSEDE = "request.supersede"  # outbox only: cancel what a new request replaces (its key's policy)
 # The events of a request's history that every channel carries (request_events.topic).
 EVENT_TOPICS = STATUS_TOPICS | {TOPIC_PROGRESS, TOPIC_WAITING, TOPIC_INPUT_RECEIVED}
 # Event types a webhook gets only if it names them: `request.*` means every other one.
@@ -70,6 +71,18 @@ EVENT_TYPE_DESCRIPTION = ", ".join(_EVENT_TYPES) + ", or request.* (every one bu
 # The HTTP API, as the gateway serves it and ackflow.client relies on it.
 MAX_WAIT_SECONDS = 60  # the longest long poll (GET /v1/requests/{id}?wait=, Prefer: wait=)
 MAX_DELAY_SECONDS = 30 * 24 * 3600  # the furthest ahead a delayed start or an expiry may be (POST /v1/requests)
+
+# Concurrency keys (migration 0020): what a new request does when its key already has `limit` holders.
+KEY_QUEUE = "queue"  # wait in order for a slot
+KEY_CANCEL_RUNNING = "cancel_running"  # cancel the key's earlier requests, running or waiting; run next
+KEY_REPLACE_QUEUED = "replace_queued"  # cancel the key's earlier requests still waiting (a debounce)
+KEY_SKIP = "skip"  # not accepted: 409 naming the requests that hold the key
+KEY_POLICIES = (KEY_QUEUE, KEY_CANCEL_RUNNING, KEY_REPLACE_QUEUED, KEY_SKIP)
+KEY_SUPERSEDING_POLICIES = (KEY_CANCEL_RUNNING, KEY_REPLACE_QUEUED)
+MAX_CONCURRENCY_LIMIT = 10_000
+DEFAULT_PRIORITY = 3  # 1 is admitted first, 5 last
+MAX_TAGS = 10
+TAG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/=-]{0,63}$"
 PROBLEM_MEDIA_TYPE = "application/problem+json"  # every error answer (RFC 9457)
 
 
@@ -102,6 +115,9 @@ class HandlerOptions:
     max_attempts: int = 5
     initial_retry_seconds: float = 1.0
     max_retry_seconds: float = 60.0
+    # A request of the kind with a concurrency_key and no concurrency_limit of its own: this many of the
+    # key's requests run at once (None: one). Read at accept, never by the workflow.
+    concurrency_limit: int | None = None
     # A workflow kind: the Temporal workflow type that does the work, as a child of the request's batch
     # (start_to_close_seconds bounds its whole run). None: the kind's handler function.
     workflow: str | None = None

@@ -128,6 +128,18 @@ class Conflict(DomainError):
     title = "Conflict"
 
 
+class KeyBusy(Conflict):
+    """A request under concurrency_policy 'skip' whose key is full: nothing accepted. `holders` (ids of
+    the key's requests holding it, as of the refusal) go out as the problem's `running_requests`."""
+
+    type_slug = "concurrency-key-busy"
+    title = "Concurrency key busy"
+
+    def __init__(self, detail: str, *, holders: list[str]) -> None:
+        super().__init__(detail, errors=[{"field": "concurrency_key", "in": "body", "message": "the key is full"}])
+        self.holders = holders
+
+
 class TooManyRequests(DomainError):
     """The tenant is over its accept rate or its concurrent stream limit; retry after `retry_after` s."""
 

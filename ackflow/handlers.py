@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ackflow.contracts import HandlerOptions
+from ackflow.contracts import MAX_CONCURRENCY_LIMIT, HandlerOptions
 from ackflow.errors import ConfigurationError
 
 HandlerFunction = Callable[[Any], Awaitable[Any]]
@@ -98,11 +98,14 @@ def handler(
     max_attempts: int = 5,
     initial_retry: float = 1.0,
     max_retry: float = 60.0,
+    concurrency_limit: int | None = None,
 ) -> Callable[[HandlerFunction], HandlerFunction]:
     """Register the decorated async function as the handler of `kind`.
 
     `timeout` bounds one attempt; `heartbeat_timeout`, if set, fails an attempt whose handler stopped
     calling `heartbeat()`; retries back off from `initial_retry` to `max_retry` seconds.
+    `concurrency_limit`: how many requests with the same `concurrency_key` run at once when the
+    request does not say (default one).
     """
     options = checked_options(
         kind,
@@ -112,6 +115,7 @@ def handler(
             max_attempts=max_attempts,
             initial_retry_seconds=initial_retry,
             max_retry_seconds=max_retry,
+            concurrency_limit=concurrency_limit,
         ),
     )
 
@@ -134,6 +138,9 @@ def checked_options(kind: str, options: HandlerOptions) -> HandlerOptions:
             f"handler {kind!r}: retries need 0 < initial_retry ({options.initial_retry_seconds})"
             f" <= max_retry ({options.max_retry_seconds})"
         )
+    limit = options.concurrency_limit
+    if limit is not None and not 1 <= limit <= MAX_CONCURRENCY_LIMIT:
+        raise ConfigurationError(f"handler {kind!r}: concurrency_limit must be 1..{MAX_CONCURRENCY_LIMIT}")
     return options
 
 

@@ -21,7 +21,14 @@ import asyncpg
 import uvicorn
 from redis.asyncio import Redis
 
-from ackflow.contracts import EVENT_TOPICS, TOPIC_ACCEPTED, TOPIC_BATCH, TOPIC_CANCEL_REQUESTED, TOPIC_INPUT
+from ackflow.contracts import (
+    EVENT_TOPICS,
+    TOPIC_ACCEPTED,
+    TOPIC_BATCH,
+    TOPIC_CANCEL_REQUESTED,
+    TOPIC_INPUT,
+    TOPIC_SUPERSEDE,
+)
 from ackflow.events import Route
 from ackflow.handlers import HandlerRegistry
 from ackflow.metrics import REFRESH, Refresher, dependency_check
@@ -81,7 +88,7 @@ async def run_gateway(
 def relay_routes(client: Client, redis: Redis, settings: Settings, pool: asyncpg.Pool) -> dict[str, Route]:
     """Topic -> route: Temporal for workflow starts and cancels, callbacks for status events."""
     from callbacks import StatusEventRoute, StatusPublisher, WebhookFanout
-    from outbox_cdc import CancelRequestRoute, TemporalDispatcher
+    from outbox_cdc import CancelRequestRoute, SupersedeRoute, TemporalDispatcher
 
     dispatcher = TemporalDispatcher(client, settings.task_queue)
     on_status = StatusEventRoute(WebhookFanout(pool), StatusPublisher(redis))
@@ -90,6 +97,7 @@ def relay_routes(client: Client, redis: Redis, settings: Settings, pool: asyncpg
         TOPIC_ACCEPTED: dispatcher.start_request,
         TOPIC_CANCEL_REQUESTED: CancelRequestRoute(pool, dispatcher),
         TOPIC_INPUT: dispatcher.deliver_input,
+        TOPIC_SUPERSEDE: SupersedeRoute(pool),
     }
     routes.update({topic: on_status for topic in EVENT_TOPICS})
     return routes

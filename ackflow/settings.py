@@ -87,6 +87,9 @@ class Settings:
     # Inputs to waiting workflow kinds: how long a capability link to deliver one works, how large one may be.
     input_link_ttl_seconds: int = 7 * 24 * 3600
     max_input_bytes: int = 64 * 1024
+    # Priority (migration 0020): how many seconds of waiting one priority level is worth, so a request
+    # waits at most four of these behind fresher work of a higher priority.
+    priority_aging_seconds: float = 60.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -196,6 +199,7 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "rate_limit_per_second": ("ACKFLOW_RATE_LIMIT_PER_SECOND", int),
     "max_streams_per_tenant": ("ACKFLOW_MAX_STREAMS_PER_TENANT", int),
     "ws_max_message_bytes": ("ACKFLOW_WS_MAX_MESSAGE_BYTES", int),
+    "priority_aging_seconds": ("ACKFLOW_PRIORITY_AGING_SECONDS", float),
     "webhook_allow_private": ("ACKFLOW_WEBHOOK_ALLOW_PRIVATE", _bool),
     "webhook_disable_after_days": ("ACKFLOW_WEBHOOK_DISABLE_AFTER_DAYS", float),
     "webhook_max_in_flight": ("ACKFLOW_WEBHOOK_MAX_IN_FLIGHT", int),

@@ -59,12 +59,17 @@ _BOOKKEEPING_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), m
 
 
 def workflow_kind(
-    kind: str, *, activities: Iterable[Callable[..., Any]] = (), timeout: float = 3600.0, name: str | None = None
+    kind: str,
+    *,
+    activities: Iterable[Callable[..., Any]] = (),
+    timeout: float = 3600.0,
+    name: str | None = None,
+    concurrency_limit: int | None = None,
 ) -> Callable[[WorkflowClass], WorkflowClass]:
     """Register the decorated class as the Temporal workflow of `kind`, with the `activities` it runs.
 
     `timeout` (seconds) bounds one run, waits included; `name` is its Temporal workflow type (the
-    class name by default), as the Temporal UI shows it.
+    class name by default), as the Temporal UI shows it; `concurrency_limit` as for `handler`.
     """
 
     def register(cls: WorkflowClass) -> WorkflowClass:
@@ -77,7 +82,10 @@ def workflow_kind(
             ) from None
         if workflow.unsafe.in_sandbox():
             return defined  # the sandbox imports the module afresh for each run: registered once, outside
-        options = checked_options(kind, HandlerOptions(start_to_close_seconds=timeout, workflow=workflow_type))
+        options = checked_options(
+            kind,
+            HandlerOptions(start_to_close_seconds=timeout, workflow=workflow_type, concurrency_limit=concurrency_limit),
+        )
         registry.add_workflow(kind, defined, tuple(activities), options)
         return defined
 

@@ -18,7 +18,7 @@ from litestar.exceptions import HTTPException, SerializationException, Validatio
 from redis.exceptions import RedisError
 
 from ackflow.contracts import PROBLEM_MEDIA_TYPE
-from ackflow.errors import DomainError, ServiceUnavailable, TooManyRequests
+from ackflow.errors import DomainError, KeyBusy, ServiceUnavailable, TooManyRequests
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,16 @@ def domain_error_handler(request: Request[Any, Any, Any], exc: DomainError) -> R
     headers = {"WWW-Authenticate": 'Bearer realm="ackflow"'} if exc.status_code == 401 else None
     if isinstance(exc, TooManyRequests):
         headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+    running = exc.holders if isinstance(exc, KeyBusy) else None
     return problem(
-        exc.status_code, exc.type_slug, exc.title, exc.detail, request=request, headers=headers, errors=exc.errors
+        exc.status_code,
+        exc.type_slug,
+        exc.title,
+        exc.detail,
+        request=request,
+        headers=headers,
+        errors=exc.errors,
+        running_requests=running,
     )
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 
 from ackflow.db.queries import sql
+from gateway.event_filter import EVERY_EVENT, EventFilter
 from gateway.shared_reads import SharedReads
 from gateway.stream_items import FLUSH, Flush, StreamEvent
 
@@ -53,10 +54,17 @@ class Replay:
 
         return await self._reads.share((tenant_id, request_id, after_version), read)
 
-    async def tenant_page(self, tenant_id: uuid.UUID, after_id: int, kind: str | None, status: str | None) -> Page:
-        """The tenant's next page of events after event `after_id`, optionally filtered."""
+    async def tenant_page(self, tenant_id: uuid.UUID, after_id: int, only: EventFilter = EVERY_EVENT) -> Page:
+        """The tenant's next page of events after event `after_id`, those `only` matches."""
         rows = await self.pool.fetch(
-            sql("tenant_events_page"), tenant_id, after_id, kind, status, self.page_rows, self.page_bytes
+            sql("tenant_events_page"),
+            tenant_id,
+            after_id,
+            only.kind,
+            only.status,
+            self.page_rows,
+            self.page_bytes,
+            only.tag,
         )
         return _page(rows)
 
@@ -67,10 +75,10 @@ class Replay:
         return _pages(lambda after: self.request_page(tenant_id, request_id, after), after_version, _version)
 
     def tenant_events(
-        self, tenant_id: uuid.UUID, after_id: int, kind: str | None, status: str | None
+        self, tenant_id: uuid.UUID, after_id: int, only: EventFilter
     ) -> AsyncGenerator[StreamEvent | Flush, None]:
         """Every matching event of the tenant after event `after_id`, page by page, FLUSH between pages."""
-        return _pages(lambda after: self.tenant_page(tenant_id, after, kind, status), after_id, _id)
+        return _pages(lambda after: self.tenant_page(tenant_id, after, only), after_id, _id)
 
 
 async def _pages(

@@ -14,11 +14,21 @@ from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
-from ackflow.contracts import ALL_STATUSES, CANCELLED, INIT, MAX_DELAY_SECONDS, MAX_WAIT_SECONDS, TERMINAL_STATUSES
+from ackflow.contracts import (
+    ALL_STATUSES,
+    CANCELLED,
+    INIT,
+    KEY_QUEUE,
+    MAX_DELAY_SECONDS,
+    MAX_TAGS,
+    MAX_WAIT_SECONDS,
+    TAG_PATTERN,
+    TERMINAL_STATUSES,
+)
 from ackflow.db.accept import accept_request
 from ackflow.db.queries import sql
 from ackflow.db.transitions import transition
-from ackflow.errors import Conflict, InvalidInput, NotFound, Unauthorized, UnknownKind
+from ackflow.errors import Conflict, InvalidInput, KeyBusy, NotFound, Unauthorized, UnknownKind
 from ackflow.handlers import KIND_PATTERN
 from ackflow.ids import new_request_id
 from ackflow.logs import bind_log_context
@@ -83,19 +93,20 @@ class RequestsController(Controller):
         note_kind(request.state, data.kind)
         check_depth(data.payload, settings.max_json_depth)
         _check_schedule(data)
+        _check_key_and_tags(data)
         await services.rate_limiter.check(tenant_id)
         if data.callback_url is not None:
             await check_target(data.callback_url, allow_private=settings.webhook_allow_private, field="callback_url")
         key = parse_key(request.headers.get("idempotency-key"), request.method, request.url.path, await request.body())
         if key is None:
-            row = await _insert_request(services.pool, tenant_id, data)
+            row = await _insert_request(services.pool, tenant_id, data, settings)
             link_current_span_to(row["id"], None)  # the POST's span names the request it made
             services.outbox_waker.wake()
             return await _answer_accepted(services, request, _accepted_body(row, request, services.capability_tokens))
         async with claim_key(services.pool, tenant_id, key, ttl_seconds=settings.idempotency_ttl_seconds) as claim:
             replay = claim.replay
             if replay is None:
-                row = await _insert_request(claim.connection, tenant_id, data)
+                row = await _insert_request(claim.connection, tenant_id, data, settings)
                 link_current_span_to(row["id"], None)
                 body = _accepted_body(row, request, services.capability_tokens)
                 await claim.remember(row["id"], 202, body)
@@ -147,6 +158,11 @@ class RequestsController(Controller):
         kind: Annotated[str | None, QueryParameter(pattern=KIND_PATTERN.pattern)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE_SIZE)] = 50,
         cursor: Annotated[str | None, QueryParameter(max_length=64)] = None,
+        tag: Annotated[
+            list[Annotated[str, QueryParameter(pattern=TAG_PATTERN)]] | None,
+            QueryParameter(description="only requests carrying this tag (repeat: all of them)", max_items=MAX_TAGS),
+        ] = None,
+        concurrency_key: Annotated[str | None, QueryParameter(min_length=1, max_length=256)] = None,
     ) -> RequestPage:
         tenant_id = current_tenant(request)
         if status is not None and status not in ALL_STATUSES:
@@ -156,7 +172,9 @@ class RequestsController(Controller):
                 errors=[{"field": "status", "in": "query", "message": "unknown status"}],
             )
         after = decode_cursor(cursor) if cursor else None
-        rows = await services.pool.fetch(sql("list_requests"), tenant_id, status, after, kind, limit + 1)
+        rows = await services.pool.fetch(
+            sql("list_requests"), tenant_id, status, after, kind, limit + 1, tag, concurrency_key
+        )
         items = [_state(row) for row in rows[:limit]]
         next_cursor = encode_cursor(items[-1].id) if len(rows) > limit else None
         return RequestPage(items=items, next_cursor=next_cursor)
@@ -236,6 +254,7 @@ def _accepted_body(row: asyncpg.Record, request: Request[Any, Any, Any], tokens:
         links=Links(self=location, events=f"{location}/events?token={token}"),
         scheduled_for=row["scheduled_for"],
         expires_at=row["expires_at"],
+        waiting_for=row["waiting_for"],
     )
     built: dict[str, Any] = msgspec.to_builtins(body)
     return built
@@ -300,8 +319,26 @@ def _check_schedule(data: CreateRequest) -> None:
         )
 
 
+def _check_key_and_tags(data: CreateRequest) -> None:
+    """A concurrency limit or policy comes with a concurrency key; tags are not repeated."""
+    if data.concurrency_key is None:
+        for field, given in (
+            ("concurrency_limit", data.concurrency_limit is not None),
+            ("concurrency_policy", data.concurrency_policy != KEY_QUEUE),
+        ):
+            if given:
+                raise InvalidInput(
+                    f"{field} needs a concurrency_key",
+                    errors=[{"field": field, "in": "body", "message": "only with concurrency_key"}],
+                )
+    if data.tags is not None and len(set(data.tags)) != len(data.tags):
+        raise InvalidInput(
+            "a tag is given twice", errors=[{"field": "tags", "in": "body", "message": "tags must be distinct"}]
+        )
+
+
 async def _insert_request(
-    pool: asyncpg.Pool | asyncpg.Connection, tenant_id: uuid.UUID, data: CreateRequest
+    pool: asyncpg.Pool | asyncpg.Connection, tenant_id: uuid.UUID, data: CreateRequest, settings: Settings
 ) -> asyncpg.Record:
     """The accept statement; its input errors (unknown kind, unstorable payload) leave nothing written."""
     try:
@@ -318,6 +355,12 @@ async def _insert_request(
             delay_seconds=data.delay_seconds,
             expires_at=data.expires_at,
             ttl_seconds=data.ttl_seconds,
+            concurrency_key=data.concurrency_key,
+            concurrency_limit=data.concurrency_limit,
+            concurrency_policy=data.concurrency_policy,
+            priority=data.priority,
+            priority_aging_seconds=settings.priority_aging_seconds,
+            tags=data.tags,
         )
     except asyncpg.UntranslatableCharacterError:
         # Postgres jsonb cannot hold U+0000 in a string or key; the one statement failed as a whole.
@@ -329,6 +372,12 @@ async def _insert_request(
         raise UnknownKind(
             f"no worker handles kind {data.kind!r}; start a worker whose handlers include it",
             errors=[{"field": "kind", "in": "body", "message": "no handler is registered for this kind"}],
+        )
+    if row["id"] is None:
+        holders = await pool.fetch(sql("key_holders"), tenant_id, data.concurrency_key)
+        raise KeyBusy(
+            f"concurrency key {data.concurrency_key!r} is full and concurrency_policy is skip: nothing was accepted",
+            holders=[str(holder["id"]) for holder in holders],
         )
     return row
 

@@ -4,16 +4,33 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
-from ackflow.contracts import EVENT_TYPE_DESCRIPTION, EVENT_TYPE_PATTERN, MAX_DELAY_SECONDS, HandlerOptions
+from ackflow.contracts import (
+    EVENT_TYPE_DESCRIPTION,
+    EVENT_TYPE_PATTERN,
+    MAX_CONCURRENCY_LIMIT,
+    MAX_DELAY_SECONDS,
+    MAX_TAGS,
+    TAG_PATTERN,
+    HandlerOptions,
+)
 from ackflow.handlers import KIND_PATTERN
 from ackflow.inputs import STORABLE_TEXT
 
 Kind = Annotated[str, msgspec.Meta(pattern=KIND_PATTERN.pattern, description="A registered handler kind")]
 EventType = Annotated[str, msgspec.Meta(pattern=EVENT_TYPE_PATTERN, description=EVENT_TYPE_DESCRIPTION)]
+ConcurrencyKey = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1, max_length=256, pattern=STORABLE_TEXT, description="Requests with the same key take turns"
+    ),
+]
+Tag = Annotated[str, msgspec.Meta(pattern=TAG_PATTERN, description="1-64 of A-Z a-z 0-9 _ . : / = -")]
+KeyPolicy = Literal["queue", "cancel_running", "replace_queued", "skip"]
+WaitingFor = Literal["concurrency_key", "schedule", "admission", "worker"]
 
 
 class CreateRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -22,7 +39,12 @@ class CreateRequest(msgspec.Struct, forbid_unknown_fields=True):
     `run_at` (RFC 3339 with an offset) or `delay_seconds`, not both: start it no earlier than then,
     at most 30 days ahead; until then it is INIT with `scheduled_for`, and can be cancelled.
     `expires_at` or `ttl_seconds`, not both, after any `run_at`: not started by then, it ends CANCELLED
-    with the error type Expired."""
+    with the error type Expired.
+    `concurrency_key`: at most `concurrency_limit` (default: the kind's, else 1) of the tenant's requests
+    with this key run at once; a new one finding it full waits in order (`concurrency_policy` queue),
+    cancels the key's earlier requests (cancel_running), cancels those still waiting (replace_queued),
+    or is refused with 409 (skip). `priority` 1 (first) .. 5 (default 3) orders the tenant's waiting
+    requests, and waiting long enough outranks priority. `tags` filter the list and the event stream."""
 
     kind: Kind
     payload: dict[str, Any] = msgspec.field(default_factory=dict)
@@ -32,6 +54,11 @@ class CreateRequest(msgspec.Struct, forbid_unknown_fields=True):
     delay_seconds: Annotated[float, msgspec.Meta(gt=0, le=MAX_DELAY_SECONDS)] | None = None
     expires_at: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
     ttl_seconds: Annotated[float, msgspec.Meta(gt=0, le=MAX_DELAY_SECONDS)] | None = None
+    concurrency_key: ConcurrencyKey | None = None
+    concurrency_limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_CONCURRENCY_LIMIT)] | None = None
+    concurrency_policy: KeyPolicy = "queue"
+    priority: Annotated[int, msgspec.Meta(ge=1, le=5)] | None = None
+    tags: Annotated[list[Tag], msgspec.Meta(max_length=MAX_TAGS)] | None = None
 
 
 class Links(msgspec.Struct):
@@ -74,6 +101,7 @@ class AcceptedRequest(msgspec.Struct, omit_defaults=True):
     links: Links
     scheduled_for: datetime | None = None
     expires_at: datetime | None = None
+    waiting_for: WaitingFor | None = None
 
 
 class Progress(msgspec.Struct, omit_defaults=True):
@@ -110,6 +138,11 @@ class RequestState(msgspec.Struct):
     workflow_id: str | None = None  # the Temporal workflow it runs in (a batch's), once admitted
     scheduled_for: datetime | None = None  # a delayed start: not started before then
     expires_at: datetime | None = None  # not started by then, it ends CANCELLED (Expired)
+    # Why it has not started (INIT only): its key is full, its start is later, admission, a worker.
+    waiting_for: WaitingFor | None = None
+    concurrency_key: str | None = None
+    priority: int | None = None
+    tags: list[str] | None = None
     progress: Progress | None = None
     waiting: Waiting | None = None
     links: RequestLinks | None = None

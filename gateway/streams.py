@@ -22,13 +22,14 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import asyncpg
 
 from ackflow.contracts import TERMINAL_STATUSES
 from ackflow.db.queries import sql
 from ackflow.live import decode_live_event, request_channel, tenant_channel
+from gateway.event_filter import EventFilter
 from gateway.hub import RESYNC, Hub, Message, Resync, Subscription
 from gateway.open_streams import OpenStreams, StreamLease
 from gateway.replay import REPLAY_PAGE_BYTES, REPLAY_PAGE_ROWS, Replay
@@ -95,13 +96,12 @@ class Streams:
         self,
         tenant_id: uuid.UUID,
         last_event_id: int | None,
-        kind: str | None,
-        status: str | None,
+        only: EventFilter,
         lease: StreamLease,
     ) -> AsyncIterator[StreamItem]:
-        """The tenant's events, optionally filtered by kind and status; replays after `last_event_id`.
+        """The tenant's events that `only` matches; replays after `last_event_id`.
         Ends when the lease's key is revoked."""
-        follower = _TenantFollower(self.replay, tenant_id, last_event_id, kind, status)
+        follower = _TenantFollower(self.replay, tenant_id, last_event_id, only)
         return self._follow(tenant_channel(str(tenant_id)), lease, follower)
 
     async def _follow(self, channel: str, lease: StreamLease, follower: _Follower) -> AsyncIterator[StreamItem]:
@@ -263,20 +263,17 @@ class _RequestFollower:
 
 
 class _TenantFollower:
-    """A tenant's stream: its events (optionally filtered by kind and status), each request's in version
-    order. It never finishes: OVERFLOW or REVOKED end it."""
+    """A tenant's stream: its events (those `only` matches), each request's in version order. It never
+    finishes: OVERFLOW or REVOKED end it."""
 
     finished = False
 
-    def __init__(
-        self, replay: Replay, tenant_id: uuid.UUID, last_event_id: int | None, kind: str | None, status: str | None
-    ) -> None:
+    def __init__(self, replay: Replay, tenant_id: uuid.UUID, last_event_id: int | None, only: EventFilter) -> None:
         self._replay = replay
         self._tenant_id = tenant_id
         self._from_latest = last_event_id is None
         self._cursor = TenantCursor(last_event_id or 0)
-        self._kind = kind
-        self._status = status
+        self._only = only
 
     async def start(self) -> None:
         """No `last_event_id`: start after the tenant's latest event, read only now that the stream is
@@ -288,7 +285,7 @@ class _TenantFollower:
     def take(self, item: StreamEvent | Resync) -> StreamEvent | AsyncIterator[StreamEvent | Flush] | None:
         verdict = self._cursor.judge(item)
         if verdict is Verdict.NEXT and isinstance(item, StreamEvent):
-            if not _matches(item.data, self._kind, self._status):
+            if not self._only.matches(item.data):
                 return None
             self._cursor.sent(item)
             return item
@@ -298,14 +295,14 @@ class _TenantFollower:
         """What the stream missed, from Postgres: for a RESYNC, every matching event after the last one
         sent; for a gap in one request's versions, that request's events after the version sent last."""
         if isinstance(item, Resync):
-            missed = self._replay.tenant_events(self._tenant_id, self._cursor.high_water, self._kind, self._status)
+            missed = self._replay.tenant_events(self._tenant_id, self._cursor.high_water, self._only)
         else:
             after_version = self._cursor.last_version(item.request_id)
             missed = self._replay.request_events(self._tenant_id, uuid.UUID(item.request_id), after_version)
         async for event in missed:
             if not isinstance(event, StreamEvent):
                 yield event
-            elif self._cursor.is_new(event) and _matches(event.data, self._kind, self._status):
+            elif self._cursor.is_new(event) and self._only.matches(event.data):
                 self._cursor.sent(event)
                 yield event
 
@@ -322,7 +319,3 @@ def _decode_once(raw: bytes) -> StreamEvent | None:
         return None
     status = str(live.data.get("status", ""))
     return StreamEvent(live.event_id, live.topic, status, live.version, live.request_id, live.data)
-
-
-def _matches(data: dict[str, Any], kind: str | None, status: str | None) -> bool:
-    return (kind is None or data.get("kind") == kind) and (status is None or data.get("status") == status)

@@ -21,7 +21,7 @@ from litestar.params import FromPath, QueryParameter
 from litestar.response import Stream
 from litestar.status_codes import WS_1000_NORMAL_CLOSURE, WS_1008_POLICY_VIOLATION, WS_1013_TRY_AGAIN_LATER
 
-from ackflow.contracts import ALL_STATUSES
+from ackflow.contracts import ALL_STATUSES, TAG_PATTERN
 from ackflow.errors import InvalidInput, NotFound, TooManyRequests
 from ackflow.handlers import KIND_PATTERN
 from ackflow.inputs import parse_digits
@@ -29,6 +29,7 @@ from ackflow.sse import comment_frame, retry_frame
 from ackflow.tracing import link_current_span_to
 from gateway.auth import current_key, current_tenant, require_api_key, require_key_or_capability
 from gateway.capability_cors import CapabilityCors
+from gateway.event_filter import EventFilter
 from gateway.services import GatewayServices
 from gateway.stream_items import FLUSH, KEEPALIVE, OVERFLOW, REVOKED, StreamEvent, StreamItem
 
@@ -119,6 +120,9 @@ class TenantStreamsController(Controller):
         kind: Annotated[str | None, QueryParameter(pattern=KIND_PATTERN.pattern)] = None,
         status: Annotated[str | None, QueryParameter(max_length=20)] = None,
         last_event_id: Annotated[int | None, QueryParameter(ge=0, le=MAX_EVENT_ID)] = None,
+        tag: Annotated[
+            str | None, QueryParameter(pattern=TAG_PATTERN, description="only requests with this tag")
+        ] = None,
     ) -> Stream:
         if status is not None and status not in ALL_STATUSES:
             raise InvalidInput(
@@ -130,7 +134,7 @@ class TenantStreamsController(Controller):
         header = request.headers.get("last-event-id")
         after = _last_event_id(header, last_event_id) if header or last_event_id is not None else None
         lease = await streams.open_stream(tenant_id, current_key(request))
-        items = streams.follow_tenant(tenant_id, after, kind, status, lease)
+        items = streams.follow_tenant(tenant_id, after, EventFilter(kind, status, tag), lease)
         return _event_stream(items, lease.release)
 
 

@@ -5,6 +5,7 @@ from outbox_cdc.cancel import CancelRequestRoute
 from outbox_cdc.expiry import ExpirySweep
 from outbox_cdc.reconcile import Reconciler
 from outbox_cdc.relay import DeadLetterLimits, OutboxRelay
+from outbox_cdc.supersede import SupersedeRoute
 from outbox_cdc.temporal_dispatch import TemporalDispatcher, process_batch_input, process_request_input
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "ExpirySweep",
     "OutboxRelay",
     "Reconciler",
+    "SupersedeRoute",
     "TemporalDispatcher",
     "WorkflowAdmission",
     "process_batch_input",

@@ -7,28 +7,63 @@
 -- A delayed start (migration 0018): $8 a time to start at, or $9 seconds from now (both NULL: at
 -- once); the outbox row is not due before it, so no relay admits the request earlier. Expiry
 -- (migration 0019): $10 a time, or $11 seconds from now, by which it must have started.
+-- Concurrency keys, priority and tags (migration 0020): $12 the key, $13 its limit (NULL: the kind's,
+-- else 1), $14 the policy when the key is full (under 'skip' nothing is inserted: the row back has
+-- a NULL id), $15 the priority (NULL: 3), $16 seconds of waiting one priority level is worth, $17 tags.
+-- A request that finds its key full waits for it: its outbox row is not due until a holder ends.
+-- Under cancel_running / replace_queued a request.supersede row has the relay cancel what it replaces.
 WITH handler AS (
-    SELECT task_queue, options FROM handler_kinds WHERE kind = $3
+    SELECT task_queue, options, coalesce($13::integer, (options ->> 'concurrency_limit')::integer, 1) AS key_limit
+      FROM handler_kinds WHERE kind = $3
+), slot AS (
+    INSERT INTO concurrency_slots AS s (tenant_id, key, taken)
+    SELECT $2, $12, 1 FROM handler WHERE $12::text IS NOT NULL
+    ON CONFLICT (tenant_id, key) DO UPDATE SET taken = s.taken + 1 WHERE s.taken < (SELECT key_limit FROM handler)
+    RETURNING taken
 ), request AS (
     INSERT INTO requests (id, tenant_id, kind, status, version, payload, callback_url, callback_events, trace_context,
-                          scheduled_for, expires_at)
+                          scheduled_for, expires_at, concurrency_key, concurrency_limit, key_slot, priority,
+                          priority_lead, tags)
     SELECT $1, $2, $3, 'INIT', 1, $4::jsonb, $5, $6, $7, coalesce($8::timestamptz, now() + make_interval(secs => $9)),
-           coalesce($10::timestamptz, now() + make_interval(secs => $11))
-      FROM handler
+           coalesce($10::timestamptz, now() + make_interval(secs => $11)),
+           $12, CASE WHEN $12::text IS NOT NULL THEN h.key_limit END,
+           CASE WHEN $12::text IS NOT NULL THEN EXISTS (SELECT FROM slot) END,
+           $15::smallint, make_interval(secs => (5 - coalesce($15::smallint, 3)) * $16::float8), $17
+      FROM handler h
+     WHERE $12::text IS NULL OR $14::text <> 'skip' OR EXISTS (SELECT FROM slot)
     RETURNING *
 ), event AS (
     INSERT INTO request_events (request_id, tenant_id, topic, status, version, data)
     SELECT r.id, r.tenant_id, 'request.accepted', r.status, r.version, ackflow_request_state(r) FROM request r
     RETURNING id
 ), outbox_row AS (
-    INSERT INTO outbox (topic, tenant_id, request_id, event_id, payload, available_at)
+    INSERT INTO outbox (topic, tenant_id, request_id, event_id, payload, available_at, admit_rank)
     SELECT 'request.accepted', r.tenant_id, r.id, e.id,
            jsonb_build_object('kind', r.kind, 'task_queue', h.task_queue, 'handler', h.options,
                               'due_at', ackflow_timestamp(greatest(r.created_at, r.scheduled_for))),
-           greatest(now(), r.scheduled_for)
+           CASE WHEN r.key_slot = false THEN 'infinity' ELSE greatest(now(), r.scheduled_for) END,
+           CASE WHEN r.key_slot = false THEN 'infinity' ELSE greatest(now(), r.scheduled_for) - r.priority_lead END
     FROM request r, event e, handler h
+), supersede_row AS (
+    INSERT INTO outbox (topic, tenant_id, request_id, payload)
+    SELECT 'request.supersede', r.tenant_id, r.id, jsonb_build_object('policy', $14::text, 'concurrency_key', r.concurrency_key)
+      FROM request r
+     WHERE r.concurrency_key IS NOT NULL AND $14::text IN ('cancel_running', 'replace_queued')
 )
-SELECT id, kind, status, version, created_at, scheduled_for, expires_at FROM request;
+SELECT r.id, r.kind, r.status, r.version, r.created_at, r.scheduled_for, r.expires_at, ackflow_waiting_for(r) AS waiting_for
+  FROM handler LEFT JOIN request r ON true;
+
+-- name: key_holders
+-- The requests holding concurrency key $2 of tenant $1 (what a request under 'skip' was refused for).
+SELECT id FROM requests WHERE tenant_id = $1 AND concurrency_key = $2 AND key_slot ORDER BY id LIMIT 10;
+
+-- name: superseded_requests
+-- The requests of key $2 (tenant $1) before request $3 that a request.supersede row of policy $4 cancels:
+-- under cancel_running every one not ended, under replace_queued those still waiting for the key.
+SELECT id FROM requests
+ WHERE tenant_id = $1 AND concurrency_key = $2 AND id < $3
+   AND ((status = 'INIT' AND NOT key_slot) OR ($4::text = 'cancel_running' AND key_slot))
+ ORDER BY id;
 
 -- name: transition_request
 -- One status change = one statement: requests + request_events + outbox. Only moves forward:
@@ -139,7 +174,7 @@ SELECT status, waiting FROM requests WHERE id = $1 AND tenant_id = $2;
 -- workflow_id: the batch's workflow; requests started before batches ran in `request-<id>`.
 -- trace_context: for the GET's span to link to (not part of the answer).
 SELECT id, kind, status, version, payload, result, error, created_at, updated_at, completed_at, progress, waiting,
-       scheduled_for, expires_at,
+       scheduled_for, expires_at, concurrency_key, priority, tags, ackflow_waiting_for(requests) AS waiting_for,
        coalesce(workflow_id, CASE WHEN admitted_at IS NOT NULL THEN 'request-' || id::text END) AS workflow_id,
        trace_context
   FROM requests WHERE id = $1 AND tenant_id = $2;
@@ -240,14 +275,17 @@ SELECT 'request.cancel_requested', tenant_id, id, jsonb_build_object('workflow_i
 
 -- name: list_requests
 -- Keyset pagination, newest first: $3 is the last id of the previous page (UUIDv7 ids sort by time).
+-- $6: tags the requests must all carry (NULL: any), $7 a concurrency key (NULL: any).
 SELECT id, kind, status, version, payload, result, error, created_at, updated_at, completed_at, progress, waiting,
-       scheduled_for, expires_at,
+       scheduled_for, expires_at, concurrency_key, priority, tags, ackflow_waiting_for(requests) AS waiting_for,
        coalesce(workflow_id, CASE WHEN admitted_at IS NOT NULL THEN 'request-' || id::text END) AS workflow_id
   FROM requests
  WHERE tenant_id = $1
    AND ($2::text IS NULL OR status = $2)
    AND ($4::text IS NULL OR kind = $4)
    AND ($3::uuid IS NULL OR id < $3)
+   AND ($6::text[] IS NULL OR tags @> $6)
+   AND ($7::text IS NULL OR concurrency_key = $7)
  ORDER BY id DESC
  LIMIT $5;
 
@@ -726,7 +764,7 @@ SELECT id, topic, status, version, request_id, data, more FROM (
  ORDER BY version;
 
 -- name: tenant_events_page
--- $1 tenant, $2 after this event id, $3 kind or NULL, $4 status or NULL, $5 rows, $6 bytes.
+-- $1 tenant, $2 after this event id, $3 kind or NULL, $4 status or NULL, $5 rows, $6 bytes, $7 tag or NULL.
 SELECT id, topic, status, version, request_id, data, more FROM (
     SELECT id, topic, status, version, request_id, data,
            row_number() OVER w AS n,
@@ -737,6 +775,7 @@ SELECT id, topic, status, version, request_id, data, more FROM (
              WHERE tenant_id = $1 AND id > $2
                AND ($3::text IS NULL OR data ->> 'kind' = $3)
                AND ($4::text IS NULL OR status = $4)
+               AND ($7::text IS NULL OR data -> 'tags' ? $7)
              ORDER BY id
              LIMIT $5 + 1) candidates
     WINDOW w AS (ORDER BY id)

@@ -79,7 +79,7 @@ async def test_replay_pages_never_hold_more_than_the_byte_budget_and_a_larger_ev
     pages: list[Page] = []
     after, more = 0, True
     while more:
-        page = await replay.tenant_page(tenant.id, after, None, None)
+        page = await replay.tenant_page(tenant.id, after)
         pages.append(page)
         after, more = page.events[-1].id, page.more
     assert [event.id for page in pages for event in page.events] == expected

@@ -22,6 +22,7 @@ from ackflow.ids import new_request_id
 from ackflow.live import LiveEvent, encode_live_event, request_channel, tenant_channel
 from ackflow.settings import Settings
 from activities.worker import register_kinds
+from gateway.event_filter import EVERY_EVENT
 from gateway.hand_out import HandOut
 from gateway.hub import HAND_OUT_CHUNK, HUB_CHANNEL, RESYNC, SUBSCRIBER_BUFFER, Hub, Message, Subscription
 from gateway.open_streams import StreamLease
@@ -95,7 +96,7 @@ async def test_a_tenant_stream_fills_a_gap_in_one_request_from_postgres_and_drop
     settings: Settings, pool: asyncpg.Pool, redis: Redis, registry: HandlerRegistry, tenant: Tenant
 ) -> None:
     async with accepted_and_followed(settings, pool, redis, registry, tenant) as (request_id, streams):
-        follower = streams.follow_tenant(tenant.id, 0, None, None, unrevoked(tenant.id))
+        follower = streams.follow_tenant(tenant.id, 0, EVERY_EVENT, unrevoked(tenant.id))
         first = await anext(follower)  # INIT, from Postgres; now subscribed
         assert isinstance(first, StreamEvent) and first.status == "INIT"
         await transition(pool, request_id, "PROCESSING", ("INIT",))

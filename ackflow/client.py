@@ -34,7 +34,7 @@ import contextlib
 import logging
 import random
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -100,6 +100,10 @@ class RequestState(msgspec.Struct, frozen=True, kw_only=True):
     workflow_id: str | None = None
     scheduled_for: datetime | None = None
     expires_at: datetime | None = None
+    waiting_for: str | None = None  # INIT only: concurrency_key, schedule, admission or worker
+    concurrency_key: str | None = None
+    priority: int | None = None
+    tags: list[str] | None = None
     progress: Progress | None = None
     waiting: Waiting | None = None
     links: Links | None = None
@@ -133,13 +137,15 @@ class _Problem(msgspec.Struct):
     detail: str | None = None
     instance: str | None = None
     errors: list[dict[str, Any]] | None = None
+    running_requests: list[str] | None = None
 
 
 class ApiError(AckflowError):
     """The API answered with an error status; the fields come from its problem+json body (RFC 9457).
 
     A body that is not a problem (say, a proxy's HTML page) gives type `about:blank`, the reason
-    phrase as title and the start of the body as detail.
+    phrase as title and the start of the body as detail. `running_requests`: for a 409 under
+    concurrency_policy skip, the ids of the requests holding the key.
     """
 
     def __init__(
@@ -151,6 +157,7 @@ class ApiError(AckflowError):
         *,
         errors: list[dict[str, Any]] | None = None,
         instance: str | None = None,
+        running_requests: list[str] | None = None,
     ) -> None:
         self.status = status
         self.type = type
@@ -158,6 +165,7 @@ class ApiError(AckflowError):
         self.detail = detail
         self.errors = errors or []
         self.instance = instance
+        self.running_requests = running_requests or []
         super().__init__(str(self))
 
     def __str__(self) -> str:
@@ -174,7 +182,15 @@ class ApiError(AckflowError):
             with contextlib.suppress(msgspec.MsgspecError):
                 body = msgspec.json.decode(response.content, type=_Problem)
                 status, title = response.status_code, body.title or reason
-                return cls(status, body.type, title, body.detail, errors=body.errors, instance=body.instance)
+                return cls(
+                    status,
+                    body.type,
+                    title,
+                    body.detail,
+                    errors=body.errors,
+                    instance=body.instance,
+                    running_requests=body.running_requests,
+                )
         detail = response.text.strip()[:200] or None
         return cls(response.status_code, "about:blank", reason, detail)
 
@@ -249,6 +265,11 @@ class AckflowClient:
         delay_seconds: float | None = None,
         expires_at: datetime | None = None,
         ttl_seconds: float | None = None,
+        concurrency_key: str | None = None,
+        concurrency_limit: int | None = None,
+        concurrency_policy: str | None = None,
+        priority: int | None = None,
+        tags: Sequence[str] | None = None,
     ) -> RequestState:
         """Submit a request; the answer (status INIT, with `links`) means it is committed and will run.
 
@@ -258,21 +279,28 @@ class AckflowClient:
         back in its final state (`terminal`), one that does not in its accepted state, as without it.
         `run_at` (an aware datetime) or `delay_seconds`: start it no earlier than then (at most 30 days
         ahead); its state shows `scheduled_for`. `expires_at` or `ttl_seconds`: not started by then,
-        it ends CANCELLED (error type Expired).
+        it ends CANCELLED (error type Expired). `concurrency_key`: at most `concurrency_limit` (default
+        the kind's, else 1) of the tenant's requests with the key run at once; `concurrency_policy`
+        (queue, cancel_running, replace_queued, skip: ApiError 409 if the key is full) says what a new
+        one does when it is full. `priority` 1 (first) .. 5 (default 3); `tags` to filter by.
         """
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else {}
         if wait is not None:
             headers["Prefer"] = f"wait={wait:g}"
         timeout = httpx.Timeout(self._timeout, read=self._timeout + (wait or 0))
+        controls = {
+            "run_at": None if run_at is None else run_at.isoformat(),
+            "delay_seconds": delay_seconds,
+            "expires_at": None if expires_at is None else expires_at.isoformat(),
+            "ttl_seconds": ttl_seconds,
+            "concurrency_key": concurrency_key,
+            "concurrency_limit": concurrency_limit,
+            "concurrency_policy": concurrency_policy,
+            "priority": priority,
+            "tags": None if tags is None else list(tags),
+        }
         body: dict[str, Any] = {"kind": kind, "payload": dict(payload or {})}
-        if run_at is not None:
-            body["run_at"] = run_at.isoformat()
-        if delay_seconds is not None:
-            body["delay_seconds"] = delay_seconds
-        if expires_at is not None:
-            body["expires_at"] = expires_at.isoformat()
-        if ttl_seconds is not None:
-            body["ttl_seconds"] = ttl_seconds
+        body.update({name: value for name, value in controls.items() if value is not None})
         response = await self._http.post("/v1/requests", json=body, headers=headers, timeout=timeout)
         return _decode(response, RequestState)
 
@@ -328,10 +356,25 @@ class AckflowClient:
                 yield event
 
     async def list(
-        self, *, status: str | None = None, kind: str | None = None, limit: int = 50, cursor: str | None = None
+        self,
+        *,
+        status: str | None = None,
+        kind: str | None = None,
+        tags: Sequence[str] | None = None,
+        concurrency_key: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
     ) -> RequestPage:
-        """One page of the tenant's requests, newest first, optionally filtered (`limit` at most 200)."""
-        query = {"status": status, "kind": kind, "limit": limit, "cursor": cursor}
+        """One page of the tenant's requests, newest first, optionally filtered (`limit` at most 200;
+        `tags`: those carrying all of them)."""
+        query = {
+            "status": status,
+            "kind": kind,
+            "tag": None if tags is None else list(tags),
+            "concurrency_key": concurrency_key,
+            "limit": limit,
+            "cursor": cursor,
+        }
         params = {name: value for name, value in query.items() if value is not None}
         response = await self._http.get("/v1/requests", params=params)
         return _decode(response, RequestPage)

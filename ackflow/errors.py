@@ -57,6 +57,10 @@ class DomainError(AckflowError):
         self.detail = detail
         self.errors = errors
 
+    def extensions(self) -> dict[str, Any]:
+        """Members of the problem beyond type, title, status, detail and errors (RFC 9457 extensions)."""
+        return {}
+
 
 class MalformedRequest(DomainError):
     """The body cannot be read as JSON at all."""
@@ -138,6 +142,21 @@ class KeyBusy(Conflict):
     def __init__(self, detail: str, *, holders: list[str]) -> None:
         super().__init__(detail, errors=[{"field": "concurrency_key", "in": "body", "message": "the key is full"}])
         self.holders = holders
+
+    def extensions(self) -> dict[str, Any]:
+        return {"running_requests": self.holders}
+
+
+class BatchRejected(InvalidInput):
+    """POST /v1/requests/batch accepted nothing: `items` are the answers of the items that failed (each
+    its index and problem), as in a batch's 202."""
+
+    def __init__(self, detail: str, *, items: list[dict[str, Any]]) -> None:
+        super().__init__(detail)
+        self.items = items
+
+    def extensions(self) -> dict[str, Any]:
+        return {"items": self.items}
 
 
 class TooManyRequests(DomainError):

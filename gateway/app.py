@@ -30,6 +30,7 @@ from ackflow.services import redis_client
 from ackflow.settings import Settings
 from ackflow.tracing import tracing_enabled
 from gateway.auth import ApiKeyAuthenticator
+from gateway.batches_controller import BatchesController
 from gateway.bodies import JsonRequest
 from gateway.capabilities import CapabilityTokens, load_signing_key
 from gateway.deliveries_controller import DeliveriesController
@@ -92,6 +93,7 @@ def _route_handlers(settings: Settings) -> list[ControllerRouterHandler]:
     return [
         *metrics,
         RequestsController,
+        BatchesController,
         InputsController,
         KindsController,
         RequestStreamsController,

@@ -83,18 +83,27 @@ async def claim_key(
 ) -> AsyncIterator[Claim]:
     """Hold the key for this request for the length of one transaction."""
     async with pool.acquire() as connection, connection.transaction():
-        if not await connection.fetchval(sql("lock_idempotency_key"), _lock_id(tenant_id, key.key)):
-            raise Conflict(f"a request with this {HEADER} is still being processed; retry in a moment")
-        stored = await connection.fetchrow(sql("idempotent_response"), tenant_id, key.key)
-        claim = Claim(connection, tenant_id, key, ttl_seconds)
-        if stored is not None:
-            if bytes(stored["fingerprint"]) != key.fingerprint:
-                raise InvalidInput(
-                    f"this {HEADER} was already used with a different request; use a new key for a new request",
-                    errors=[{"field": HEADER, "in": "header", "message": "key reused with another body"}],
-                )
-            claim.replay = StoredResponse(stored["response_status"], stored["response_body"])
-        yield claim
+        yield await claim_on(connection, tenant_id, key, ttl_seconds=ttl_seconds)
+
+
+async def claim_on(
+    connection: asyncpg.Connection, tenant_id: uuid.UUID, key: IdempotencyKey, *, ttl_seconds: int
+) -> Claim:
+    """Claim the key in the transaction `connection` is in (held until it ends): the claim, with the
+    response to replay if the key was used before with the same request. (A batch claims each item's
+    key this way, all in the batch's transaction.)"""
+    if not await connection.fetchval(sql("lock_idempotency_key"), _lock_id(tenant_id, key.key)):
+        raise Conflict(f"a request with this {HEADER} is still being processed; retry in a moment")
+    stored = await connection.fetchrow(sql("idempotent_response"), tenant_id, key.key)
+    claim = Claim(connection, tenant_id, key, ttl_seconds)
+    if stored is not None:
+        if bytes(stored["fingerprint"]) != key.fingerprint:
+            raise InvalidInput(
+                f"this {HEADER} was already used with a different request; use a new key for a new request",
+                errors=[{"field": HEADER, "in": "header", "message": "key reused with another body"}],
+            )
+        claim.replay = StoredResponse(stored["response_status"], stored["response_body"])
+    return claim
 
 
 def _lock_id(tenant_id: uuid.UUID, key: str) -> int:

@@ -18,7 +18,7 @@ from litestar.exceptions import HTTPException, SerializationException, Validatio
 from redis.exceptions import RedisError
 
 from ackflow.contracts import PROBLEM_MEDIA_TYPE
-from ackflow.errors import DomainError, KeyBusy, ServiceUnavailable, TooManyRequests
+from ackflow.errors import DomainError, ServiceUnavailable, TooManyRequests
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,18 @@ _SLUGS = {
 }
 
 
+def problem_body(status: int, slug: str, title: str, detail: str, **extra: Any) -> dict[str, Any]:
+    """A problem's members (RFC 9457), those of `extra` that are not None included."""
+    body: dict[str, Any] = {"type": TYPE_PREFIX + slug, "title": title, "status": status, "detail": detail}
+    body.update({key: value for key, value in extra.items() if value is not None})
+    return body
+
+
+def domain_problem_body(exc: DomainError) -> dict[str, Any]:
+    """The problem a DomainError stands for (a batch item's, say)."""
+    return problem_body(exc.status_code, exc.type_slug, exc.title, exc.detail, errors=exc.errors, **exc.extensions())
+
+
 def problem(
     status: int,
     slug: str,
@@ -53,10 +65,9 @@ def problem(
     **extra: Any,
 ) -> Response[dict[str, Any]]:
     """A problem+json response."""
-    body: dict[str, Any] = {"type": TYPE_PREFIX + slug, "title": title, "status": status, "detail": detail}
+    body = problem_body(status, slug, title, detail, **extra)
     if request is not None:
         body["instance"] = request.url.path
-    body.update({key: value for key, value in extra.items() if value is not None})
     return Response(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
 
 
@@ -64,7 +75,6 @@ def domain_error_handler(request: Request[Any, Any, Any], exc: DomainError) -> R
     headers = {"WWW-Authenticate": 'Bearer realm="ackflow"'} if exc.status_code == 401 else None
     if isinstance(exc, TooManyRequests):
         headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
-    running = exc.holders if isinstance(exc, KeyBusy) else None
     return problem(
         exc.status_code,
         exc.type_slug,
@@ -73,7 +83,7 @@ def domain_error_handler(request: Request[Any, Any, Any], exc: DomainError) -> R
         request=request,
         headers=headers,
         errors=exc.errors,
-        running_requests=running,
+        **exc.extensions(),
     )
 
 

@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from ackflow.db.queries import sql
-from ackflow.errors import TooManyRequests
+from ackflow.errors import InvalidInput, TooManyRequests
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,10 @@ class _Lease:
     refill: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
+def _capacity(rate: int) -> float:
+    return max(1.0, rate * BURST_SECONDS)
+
+
 class AcceptRateLimiter:
     """Checks one accept against the tenant's bucket; raises TooManyRequests when it is empty."""
 
@@ -83,36 +87,43 @@ class AcceptRateLimiter:
         self._rates: dict[uuid.UUID, tuple[int, float]] = {}
         self._leases: dict[uuid.UUID, _Lease] = {}
 
-    async def check(self, tenant_id: uuid.UUID) -> None:
+    async def check(self, tenant_id: uuid.UUID, cost: int = 1) -> None:
+        """Spend `cost` tokens (a batch's items) or raise TooManyRequests; InvalidInput if `cost` is more
+        than the tenant's whole burst, which no wait would cover."""
         lease = self._lease(tenant_id)
-        if self._spend(lease):
+        if self._spend(lease, cost):
             return
         async with lease.refill:  # one refill at a time per tenant; the others then spend from it
-            if self._spend(lease):
+            if self._spend(lease, cost):
                 return
-            await self._refill(tenant_id, lease)
-            if not self._spend(lease):
-                raise self._refusal(tenant_id, lease)
+            rate = await self._rate(tenant_id)
+            if cost > _capacity(rate):
+                raise InvalidInput(
+                    f"{cost} requests at once is more than this tenant's burst of {_capacity(rate):g}"
+                    f" ({rate} a second); send smaller batches",
+                    errors=[{"field": "items", "in": "body", "message": "too many for the rate limit"}],
+                )
+            await self._refill(tenant_id, lease, rate, cost)
+            if not self._spend(lease, cost):
+                raise self._refusal(rate, lease, cost)
 
-    def _spend(self, lease: _Lease) -> bool:
-        """Take a leased token if there is one (no await: atomic on the event loop)."""
+    def _spend(self, lease: _Lease, cost: int) -> bool:
+        """Take `cost` leased tokens if there are as many (no await: atomic on the event loop)."""
         now = time.monotonic()
-        if lease.tokens > 0 and lease.expires > now:
-            lease.tokens -= 1
+        if lease.tokens >= cost and lease.expires > now:
+            lease.tokens -= cost
             return True
         return False
 
-    async def _refill(self, tenant_id: uuid.UUID, lease: _Lease) -> None:
+    async def _refill(self, tenant_id: uuid.UUID, lease: _Lease, rate: int, cost: int) -> None:
         now = time.monotonic()
         if lease.empty_until > now:
             return
-        rate = await self._rate(tenant_id)
-        wanted = max(1, min(MAX_LEASE, int(rate * LEASE_SECONDS)))
+        held = lease.tokens if lease.expires > now else 0
+        wanted = max(1, min(MAX_LEASE, int(rate * LEASE_SECONDS)), cost - held)
         try:
             granted, wait_ms = await asyncio.wait_for(
-                self._script(
-                    keys=[f"ackflow:rate:accept:{tenant_id}"], args=[rate, max(1.0, rate * BURST_SECONDS), wanted]
-                ),
+                self._script(keys=[f"ackflow:rate:accept:{tenant_id}"], args=[rate, _capacity(rate), wanted]),
                 REDIS_TIMEOUT_SECONDS,
             )
         except (TimeoutError, RedisError, OSError) as exc:
@@ -121,14 +132,14 @@ class AcceptRateLimiter:
             log.warning("accept rate limit not enforced: Redis unavailable (%s)", exc)
             granted, wait_ms = wanted, 0
         now = time.monotonic()
-        lease.tokens, lease.expires = int(granted), now + LEASE_TTL_SECONDS
+        lease.tokens, lease.expires = held + int(granted), now + LEASE_TTL_SECONDS
         lease.empty_until = now + int(wait_ms) / 1000 if not int(granted) else 0.0
 
-    def _refusal(self, tenant_id: uuid.UUID, lease: _Lease) -> TooManyRequests:
-        rate = self._rates.get(tenant_id, (self._default_rate, 0.0))[0]
+    def _refusal(self, rate: int, lease: _Lease, cost: int) -> TooManyRequests:
+        short = max(0, cost - lease.tokens)  # tokens still missing: they come at `rate` a second
         return TooManyRequests(
             f"over this tenant's limit of {rate} requests a second; retry after the Retry-After delay",
-            retry_after=max(0.001, lease.empty_until - time.monotonic()),
+            retry_after=max(0.001, lease.empty_until - time.monotonic(), short / rate if cost > 1 else 0.0),
         )
 
     def _lease(self, tenant_id: uuid.UUID) -> _Lease:

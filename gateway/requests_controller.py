@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import asyncpg
@@ -18,34 +17,28 @@ from ackflow.contracts import (
     ALL_STATUSES,
     CANCELLED,
     INIT,
-    KEY_QUEUE,
-    MAX_DELAY_SECONDS,
     MAX_TAGS,
     MAX_WAIT_SECONDS,
     TAG_PATTERN,
     TERMINAL_STATUSES,
 )
-from ackflow.db.accept import accept_request
 from ackflow.db.queries import sql
 from ackflow.db.transitions import transition
-from ackflow.errors import Conflict, InvalidInput, KeyBusy, NotFound, Unauthorized, UnknownKind
+from ackflow.errors import Conflict, InvalidInput, NotFound, Unauthorized
 from ackflow.handlers import KIND_PATTERN
-from ackflow.ids import new_request_id
 from ackflow.logs import bind_log_context
 from ackflow.netguard import check_target
 from ackflow.settings import Settings
-from ackflow.tracing import inject, link_current_span_to
+from ackflow.tracing import link_current_span_to
 from gateway.accept_metrics import WAITED_STATE, AcceptMetrics, note_kind
+from gateway.accepts import accepted_body, check_controls, insert_request
 from gateway.auth import current_key, current_tenant, require_api_key
 from gateway.bodies import require_json_body
-from gateway.capabilities import CapabilityTokens
 from gateway.cursors import MAX_PAGE_SIZE, decode_cursor, encode_cursor
 from gateway.idempotency import claim_key, parse_key
 from gateway.json_depth import check_depth
 from gateway.schemas import (
-    AcceptedRequest,
     CreateRequest,
-    Links,
     Progress,
     RequestLinks,
     RequestPage,
@@ -92,23 +85,22 @@ class RequestsController(Controller):
         tenant_id, settings = current_tenant(request), services.settings
         note_kind(request.state, data.kind)
         check_depth(data.payload, settings.max_json_depth)
-        _check_schedule(data)
-        _check_key_and_tags(data)
+        check_controls(data)
         await services.rate_limiter.check(tenant_id)
         if data.callback_url is not None:
             await check_target(data.callback_url, allow_private=settings.webhook_allow_private, field="callback_url")
         key = parse_key(request.headers.get("idempotency-key"), request.method, request.url.path, await request.body())
         if key is None:
-            row = await _insert_request(services.pool, tenant_id, data, settings)
+            row = await insert_request(services.pool, tenant_id, data, settings)
             link_current_span_to(row["id"], None)  # the POST's span names the request it made
             services.outbox_waker.wake()
-            return await _answer_accepted(services, request, _accepted_body(row, request, services.capability_tokens))
+            return await _answer_accepted(services, request, accepted_body(row, request, services.capability_tokens))
         async with claim_key(services.pool, tenant_id, key, ttl_seconds=settings.idempotency_ttl_seconds) as claim:
             replay = claim.replay
             if replay is None:
-                row = await _insert_request(claim.connection, tenant_id, data, settings)
+                row = await insert_request(claim.connection, tenant_id, data, settings)
                 link_current_span_to(row["id"], None)
-                body = _accepted_body(row, request, services.capability_tokens)
+                body = accepted_body(row, request, services.capability_tokens)
                 await claim.remember(row["id"], 202, body)
         if replay is not None:  # answered as the original was, and waited for as a new one would be
             response = await _answer_accepted(services, request, replay.body)
@@ -242,24 +234,6 @@ async def _wait_until_terminal(
         raise Unauthorized("the API key was revoked")
 
 
-def _accepted_body(row: asyncpg.Record, request: Request[Any, Any, Any], tokens: CapabilityTokens) -> dict[str, Any]:
-    token = tokens.issue(row["id"], current_tenant(request), current_key(request))
-    location = f"/v1/requests/{row['id']}"
-    body = AcceptedRequest(
-        id=row["id"],
-        kind=row["kind"],
-        status=row["status"],
-        version=row["version"],
-        created_at=row["created_at"],
-        links=Links(self=location, events=f"{location}/events?token={token}"),
-        scheduled_for=row["scheduled_for"],
-        expires_at=row["expires_at"],
-        waiting_for=row["waiting_for"],
-    )
-    built: dict[str, Any] = msgspec.to_builtins(body)
-    return built
-
-
 async def _answer_accepted(
     services: GatewayServices, request: Request[Any, Any, Any], body: dict[str, Any]
 ) -> Response[Any]:
@@ -288,98 +262,6 @@ async def _answer_accepted(
 def _accepted(body: dict[str, Any], settings: Settings) -> Response[Any]:
     headers = {"Location": body["links"]["self"], "Retry-After": str(settings.retry_after_seconds)}
     return Response(body, status_code=202, headers=headers)
-
-
-def _check_schedule(data: CreateRequest) -> None:
-    """A delayed start and an expiry each name their time once, no further ahead than
-    MAX_DELAY_SECONDS, and a request does not expire before it is due to start."""
-    now = datetime.now(UTC)
-    furthest = now + timedelta(seconds=MAX_DELAY_SECONDS)
-    for at, seconds, (at_field, seconds_field) in (
-        (data.run_at, data.delay_seconds, ("run_at", "delay_seconds")),
-        (data.expires_at, data.ttl_seconds, ("expires_at", "ttl_seconds")),
-    ):
-        if at is not None and seconds is not None:
-            raise InvalidInput(
-                f"give {at_field} or {seconds_field}, not both",
-                errors=[{"field": seconds_field, "in": "body", "message": f"not allowed with {at_field}"}],
-            )
-        if at is not None and at > furthest:
-            raise InvalidInput(
-                f"{at_field} is more than {MAX_DELAY_SECONDS // 86400} days ahead",
-                errors=[{"field": at_field, "in": "body", "message": f"at most {MAX_DELAY_SECONDS} s from now"}],
-            )
-    starts = data.run_at or now + timedelta(seconds=data.delay_seconds or 0)
-    expires = data.expires_at or (now + timedelta(seconds=data.ttl_seconds) if data.ttl_seconds else None)
-    if expires is not None and expires <= starts:
-        field = "expires_at" if data.expires_at is not None else "ttl_seconds"
-        raise InvalidInput(
-            "the request would expire before it is due to start",
-            errors=[{"field": field, "in": "body", "message": "must be after run_at / delay_seconds and now"}],
-        )
-
-
-def _check_key_and_tags(data: CreateRequest) -> None:
-    """A concurrency limit or policy comes with a concurrency key; tags are not repeated."""
-    if data.concurrency_key is None:
-        for field, given in (
-            ("concurrency_limit", data.concurrency_limit is not None),
-            ("concurrency_policy", data.concurrency_policy != KEY_QUEUE),
-        ):
-            if given:
-                raise InvalidInput(
-                    f"{field} needs a concurrency_key",
-                    errors=[{"field": field, "in": "body", "message": "only with concurrency_key"}],
-                )
-    if data.tags is not None and len(set(data.tags)) != len(data.tags):
-        raise InvalidInput(
-            "a tag is given twice", errors=[{"field": "tags", "in": "body", "message": "tags must be distinct"}]
-        )
-
-
-async def _insert_request(
-    pool: asyncpg.Pool | asyncpg.Connection, tenant_id: uuid.UUID, data: CreateRequest, settings: Settings
-) -> asyncpg.Record:
-    """The accept statement; its input errors (unknown kind, unstorable payload) leave nothing written."""
-    try:
-        row = await accept_request(
-            pool,
-            new_request_id(),
-            tenant_id,
-            data.kind,
-            data.payload,
-            callback_url=data.callback_url,
-            callback_events=data.callback_events,
-            trace_context=inject(),  # the POST's server span (None when not tracing)
-            run_at=data.run_at,
-            delay_seconds=data.delay_seconds,
-            expires_at=data.expires_at,
-            ttl_seconds=data.ttl_seconds,
-            concurrency_key=data.concurrency_key,
-            concurrency_limit=data.concurrency_limit,
-            concurrency_policy=data.concurrency_policy,
-            priority=data.priority,
-            priority_aging_seconds=settings.priority_aging_seconds,
-            tags=data.tags,
-        )
-    except asyncpg.UntranslatableCharacterError:
-        # Postgres jsonb cannot hold U+0000 in a string or key; the one statement failed as a whole.
-        raise InvalidInput(
-            "the payload contains a NUL character (\\u0000), which cannot be stored",
-            errors=[{"field": "payload", "in": "body", "message": "strings and keys must not contain \\u0000"}],
-        ) from None
-    if row is None:
-        raise UnknownKind(
-            f"no worker handles kind {data.kind!r}; start a worker whose handlers include it",
-            errors=[{"field": "kind", "in": "body", "message": "no handler is registered for this kind"}],
-        )
-    if row["id"] is None:
-        holders = await pool.fetch(sql("key_holders"), tenant_id, data.concurrency_key)
-        raise KeyBusy(
-            f"concurrency key {data.concurrency_key!r} is full and concurrency_policy is skip: nothing was accepted",
-            holders=[str(holder["id"]) for holder in holders],
-        )
-    return row
 
 
 async def load_state(

@@ -61,6 +61,43 @@ class CreateRequest(msgspec.Struct, forbid_unknown_fields=True):
     tags: Annotated[list[Tag], msgspec.Meta(max_length=MAX_TAGS)] | None = None
 
 
+MAX_BATCH_ITEMS = 1000
+
+
+class BatchItem(CreateRequest, forbid_unknown_fields=True):
+    """One item of POST /v1/requests/batch: the body of POST /v1/requests, and its own optional
+    `idempotency_key` (as the Idempotency-Key header is for one request)."""
+
+    idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=255, pattern=r"^[ -~]+$")] | None = None
+
+
+class CreateBatch(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of POST /v1/requests/batch: up to 1,000 `items`, each a BatchItem (the body of POST
+    /v1/requests, plus `idempotency_key`), validated one by one. `atomic`: all or nothing (one bad
+    item refuses the batch); otherwise each bad item gets its own problem and the others are accepted."""
+
+    items: Annotated[
+        list[dict[str, Any]],
+        msgspec.Meta(min_length=1, max_length=MAX_BATCH_ITEMS, description="Each a BatchItem"),
+    ]
+    atomic: bool = False
+
+
+class ItemProblem(msgspec.Struct, omit_defaults=True):
+    """Why one item of a batch was not accepted (RFC 9457 members)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[dict[str, Any]] | None = None
+    running_requests: list[str] | None = None
+
+
+class BatchLinks(msgspec.Struct):
+    self: str
+
+
 class Links(msgspec.Struct):
     self: str
     events: str
@@ -102,6 +139,37 @@ class AcceptedRequest(msgspec.Struct, omit_defaults=True):
     scheduled_for: datetime | None = None
     expires_at: datetime | None = None
     waiting_for: WaitingFor | None = None
+
+
+class BatchItemAnswer(msgspec.Struct, omit_defaults=True):
+    """One item's answer, in the items' order: the request it made (`replayed`: one its idempotency_key
+    made before), or its problem."""
+
+    index: int
+    request: AcceptedRequest | None = None
+    problem: ItemProblem | None = None
+    replayed: bool = False
+
+
+class AcceptedBatch(msgspec.Struct):
+    """The 202 answer to a batch: every accepted item is committed, in one transaction."""
+
+    id: uuid.UUID
+    size: int
+    accepted: int
+    items: list[BatchItemAnswer]
+    links: BatchLinks
+
+
+class BatchState(msgspec.Struct):
+    """A submitted batch: its requests counted by status (those since pruned are not counted)."""
+
+    id: uuid.UUID
+    size: int
+    accepted: int
+    created_at: datetime
+    counts: dict[str, int]
+    links: BatchLinks
 
 
 class Progress(msgspec.Struct, omit_defaults=True):

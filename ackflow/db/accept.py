@@ -32,13 +32,15 @@ async def accept_request(
     priority: int | None = None,
     priority_aging_seconds: float = 60.0,
     tags: list[str] | None = None,
+    submitted_batch_id: uuid.UUID | None = None,
 ) -> asyncpg.Record | None:
     """Commit the request (INIT), its first event and its outbox row; None if no worker handles `kind`,
     a row with a None id if `concurrency_policy` is skip and the key is full (nothing was written).
     `trace_context`: the W3C traceparent of the span that accepted it (ackflow/tracing.py), or None.
     `run_at` or `delay_seconds`: start it no earlier than then; `expires_at` or `ttl_seconds`: if it has
     not started by then, it ends CANCELLED (both by the database's clock). `concurrency_key` and the
-    rest: migration 0020; one priority level is worth `priority_aging_seconds` of waiting."""
+    rest: migration 0020 (`submitted_batch_id`: 0021); one priority level is worth
+    `priority_aging_seconds` of waiting."""
     row: asyncpg.Record | None = await db.fetchrow(
         sql("accept_request"),
         request_id,
@@ -58,5 +60,6 @@ async def accept_request(
         priority,
         priority_aging_seconds,
         tags,
+        submitted_batch_id,
     )
     return row

@@ -10,6 +10,7 @@
 -- Concurrency keys, priority and tags (migration 0020): $12 the key, $13 its limit (NULL: the kind's,
 -- else 1), $14 the policy when the key is full (under 'skip' nothing is inserted: the row back has
 -- a NULL id), $15 the priority (NULL: 3), $16 seconds of waiting one priority level is worth, $17 tags.
+-- $18: the submitted batch it came in (migration 0021), or NULL.
 -- A request that finds its key full waits for it: its outbox row is not due until a holder ends.
 -- Under cancel_running / replace_queued a request.supersede row has the relay cancel what it replaces.
 WITH handler AS (
@@ -23,12 +24,12 @@ WITH handler AS (
 ), request AS (
     INSERT INTO requests (id, tenant_id, kind, status, version, payload, callback_url, callback_events, trace_context,
                           scheduled_for, expires_at, concurrency_key, concurrency_limit, key_slot, priority,
-                          priority_lead, tags)
+                          priority_lead, tags, submitted_batch_id)
     SELECT $1, $2, $3, 'INIT', 1, $4::jsonb, $5, $6, $7, coalesce($8::timestamptz, now() + make_interval(secs => $9)),
            coalesce($10::timestamptz, now() + make_interval(secs => $11)),
            $12, CASE WHEN $12::text IS NOT NULL THEN h.key_limit END,
            CASE WHEN $12::text IS NOT NULL THEN EXISTS (SELECT FROM slot) END,
-           $15::smallint, make_interval(secs => (5 - coalesce($15::smallint, 3)) * $16::float8), $17
+           $15::smallint, make_interval(secs => (5 - coalesce($15::smallint, 3)) * $16::float8), $17, $18
       FROM handler h
      WHERE $12::text IS NULL OR $14::text <> 'skip' OR EXISTS (SELECT FROM slot)
     RETURNING *
@@ -52,6 +53,17 @@ WITH handler AS (
 )
 SELECT r.id, r.kind, r.status, r.version, r.created_at, r.scheduled_for, r.expires_at, ackflow_waiting_for(r) AS waiting_for
   FROM handler LEFT JOIN request r ON true;
+
+-- name: create_submitted_batch
+INSERT INTO submitted_batches (id, tenant_id, size, accepted) VALUES ($1, $2, $3, $4);
+
+-- name: submitted_batch
+-- Batch $1 of tenant $2, with its requests counted by status (a request pruned since is not counted).
+SELECT b.id, b.size, b.accepted, b.created_at,
+       coalesce((SELECT jsonb_object_agg(c.status, c.n)
+                   FROM (SELECT status, count(*) AS n FROM requests
+                          WHERE submitted_batch_id = b.id GROUP BY status) c), '{}') AS counts
+  FROM submitted_batches b WHERE b.id = $1 AND b.tenant_id = $2;
 
 -- name: key_holders
 -- The requests holding concurrency key $2 of tenant $1 (what a request under 'skip' was refused for).
@@ -889,6 +901,17 @@ DELETE FROM requests
            AND NOT EXISTS (SELECT FROM webhook_deliveries d
                             WHERE d.request_id = r.id AND d.state NOT IN ('succeeded', 'failed'))
          ORDER BY r.completed_at
+         LIMIT $1
+           FOR UPDATE SKIP LOCKED));
+
+-- name: prune_submitted_batches
+-- Batches submitted more than $2 seconds ago whose requests are all pruned.
+DELETE FROM submitted_batches
+ WHERE id = ANY (ARRAY(
+        SELECT b.id FROM submitted_batches b
+         WHERE b.created_at < now() - make_interval(secs => $2)
+           AND NOT EXISTS (SELECT FROM requests r WHERE r.submitted_batch_id = b.id)
+         ORDER BY b.created_at
          LIMIT $1
            FOR UPDATE SKIP LOCKED));
 

@@ -75,6 +75,7 @@ class RetentionPolicy:
             Target("webhook deliveries", "prune_webhook_deliveries", self.deliveries_days * SECONDS_A_DAY),
             Target("dead outbox rows", "prune_dead_outbox_rows", self.requests_days * SECONDS_A_DAY),
             Target("requests", "prune_requests", self.requests_days * SECONDS_A_DAY),
+            Target("submitted batches", "prune_submitted_batches", self.requests_days * SECONDS_A_DAY),
             Target("endpoint events", "prune_webhook_endpoint_events", self.endpoint_events_days * SECONDS_A_DAY),
             Target("deleted endpoints", "prune_deleted_webhook_endpoints", self.deleted_endpoints_days * SECONDS_A_DAY),
         )

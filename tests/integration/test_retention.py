@@ -238,6 +238,7 @@ async def test_a_pass_deletes_old_finished_work_and_keeps_young_and_unfinished_w
         "webhook deliveries": 2,
         "dead outbox rows": 1,
         "requests": 5,
+        "submitted batches": 0,
         "endpoint events": 4,
         "deleted endpoints": 1,
     }

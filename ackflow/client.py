@@ -130,6 +130,35 @@ class RequestPage(msgspec.Struct, frozen=True):
     next_cursor: str | None = None
 
 
+class BatchAnswer(msgspec.Struct, frozen=True):
+    """One item of a submitted batch, in order: the request it made (`replayed`: one its idempotency
+    key made before), or the problem (RFC 9457 members) that refused it."""
+
+    index: int
+    request: RequestState | None = None
+    problem: dict[str, Any] | None = None
+    replayed: bool = False
+
+
+class SubmittedBatch(msgspec.Struct, frozen=True):
+    """The answer to `submit_batch`: every accepted item is committed."""
+
+    id: str
+    size: int
+    accepted: int
+    items: list[BatchAnswer] = []
+
+
+class BatchCounts(msgspec.Struct, frozen=True):
+    """A submitted batch now: its requests counted by status."""
+
+    id: str
+    size: int
+    accepted: int
+    created_at: datetime
+    counts: dict[str, int] = {}
+
+
 class _Problem(msgspec.Struct):
     type: str = "about:blank"
     title: str | None = None
@@ -303,6 +332,20 @@ class AckflowClient:
         body.update({name: value for name, value in controls.items() if value is not None})
         response = await self._http.post("/v1/requests", json=body, headers=headers, timeout=timeout)
         return _decode(response, RequestState)
+
+    async def submit_batch(self, items: Sequence[Mapping[str, Any]], *, atomic: bool = False) -> SubmittedBatch:
+        """Submit up to 1,000 requests in one transaction: each item is a `submit` body (`kind`,
+        `payload`, the controls, and an optional `idempotency_key` of its own). Bad items come back
+        with their problem and the others are accepted, unless `atomic` (then ApiError 422 and
+        nothing is accepted). The tenant's rate limit counts every item."""
+        body = {"items": [dict(item) for item in items], "atomic": atomic}
+        response = await self._http.post("/v1/requests/batch", json=body)
+        return _decode(response, SubmittedBatch)
+
+    async def get_batch(self, batch_id: RequestId) -> BatchCounts:
+        """A submitted batch, its requests counted by status."""
+        response = await self._http.get(f"/v1/batches/{batch_id}")
+        return _decode(response, BatchCounts)
 
     async def get(self, request_id: RequestId, *, wait: float | None = None, progress: bool = False) -> RequestState:
         """The request's state now; with `wait` (seconds, at most 60), as soon as it ends (with

@@ -23,7 +23,8 @@ __all__ = ["sdk"]  # the fixture
 async def written(pool: asyncpg.Pool) -> tuple[int, int, int]:
     """(requests, outbox rows, batches): what a refused batch must leave as it was."""
     row = await pool.fetchrow(
-        "SELECT (SELECT count(*) FROM requests), (SELECT count(*) FROM outbox), (SELECT count(*) FROM submitted_batches)"
+        "SELECT (SELECT count(*) FROM requests), (SELECT count(*) FROM outbox),"
+        " (SELECT count(*) FROM submitted_batches)"
     )
     return row[0], row[1], row[2]
 

@@ -90,6 +90,8 @@ class Settings:
     # Priority (migration 0020): how many seconds of waiting one priority level is worth, so a request
     # waits at most four of these behind fresher work of a higher priority.
     priority_aging_seconds: float = 60.0
+    # The most requests a tenant may have waiting to start (INIT); beyond it accepts answer 429.
+    max_waiting_per_tenant: int = 100_000
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -200,6 +202,7 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "max_streams_per_tenant": ("ACKFLOW_MAX_STREAMS_PER_TENANT", int),
     "ws_max_message_bytes": ("ACKFLOW_WS_MAX_MESSAGE_BYTES", int),
     "priority_aging_seconds": ("ACKFLOW_PRIORITY_AGING_SECONDS", float),
+    "max_waiting_per_tenant": ("ACKFLOW_MAX_WAITING_PER_TENANT", int),
     "webhook_allow_private": ("ACKFLOW_WEBHOOK_ALLOW_PRIVATE", _bool),
     "webhook_disable_after_days": ("ACKFLOW_WEBHOOK_DISABLE_AFTER_DAYS", float),
     "webhook_max_in_flight": ("ACKFLOW_WEBHOOK_MAX_IN_FLIGHT", int),

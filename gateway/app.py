@@ -42,6 +42,7 @@ from gateway.metrics_page import metrics_page
 from gateway.open_streams import OpenStreams
 from gateway.page import index_page, static_asset
 from gateway.problems import EXCEPTION_HANDLERS, not_found_page_as_problem
+from gateway.queue_depth import QueueDepthGuard
 from gateway.rate_limit import AcceptRateLimiter
 from gateway.requests_controller import RequestsController
 from gateway.services import GatewayServices
@@ -166,6 +167,7 @@ async def _build_services(
             await load_signing_key(db), settings.capability_ttl_seconds, settings.input_link_ttl_seconds
         ),
         rate_limiter=AcceptRateLimiter(redis, db, settings.rate_limit_per_second),
+        queue_depth=QueueDepthGuard(db, settings.max_waiting_per_tenant),
         outbox_waker=OutboxWaker(db),
     )
     background: list[BackgroundWork] = [

@@ -66,6 +66,7 @@ class BatchesController(Controller):
         `Location` is the batch (`GET /v1/batches/{id}`: its requests counted by status)."""
         tenant_id, settings = current_tenant(request), services.settings
         await services.rate_limiter.check(tenant_id, len(data.items))
+        await services.queue_depth.check(tenant_id, len(data.items))
         checked = [await _checked(raw, settings) for raw in data.items]
         if data.atomic and any(isinstance(item, DomainError) for item in checked):
             raise BatchRejected(

@@ -87,6 +87,7 @@ class RequestsController(Controller):
         check_depth(data.payload, settings.max_json_depth)
         check_controls(data)
         await services.rate_limiter.check(tenant_id)
+        await services.queue_depth.check(tenant_id)
         if data.callback_url is not None:
             await check_target(data.callback_url, allow_private=settings.webhook_allow_private, field="callback_url")
         key = parse_key(request.headers.get("idempotency-key"), request.method, request.url.path, await request.body())

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from ackflow.db.waker import OutboxWaker
 from ackflow.settings import Settings
 from gateway.capabilities import CapabilityTokens
+from gateway.queue_depth import QueueDepthGuard
 from gateway.rate_limit import AcceptRateLimiter
 from gateway.streams import Streams
 
@@ -30,4 +31,5 @@ class GatewayServices:
     streams: Streams
     capability_tokens: CapabilityTokens
     rate_limiter: AcceptRateLimiter
+    queue_depth: QueueDepthGuard
     outbox_waker: OutboxWaker

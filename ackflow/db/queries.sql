@@ -65,6 +65,10 @@ SELECT b.id, b.size, b.accepted, b.created_at,
                           WHERE submitted_batch_id = b.id GROUP BY status) c), '{}') AS counts
   FROM submitted_batches b WHERE b.id = $1 AND b.tenant_id = $2;
 
+-- name: tenant_waiting_requests
+-- How many of tenant $1's requests are still INIT, counted up to $2 at most (gateway/queue_depth.py).
+SELECT count(*) FROM (SELECT 1 FROM requests WHERE tenant_id = $1 AND status = 'INIT' LIMIT $2) waiting;
+
 -- name: key_holders
 -- The requests holding concurrency key $2 of tenant $1 (what a request under 'skip' was refused for).
 SELECT id FROM requests WHERE tenant_id = $1 AND concurrency_key = $2 AND key_slot ORDER BY id LIMIT 10;

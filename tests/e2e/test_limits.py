@@ -19,7 +19,7 @@ from temporalio.client import Client
 from ackflow.handlers import HandlerRegistry
 from ackflow.settings import Settings
 from tests.conftest import Tenant, api_client, running_roles
-from tests.helpers import assert_problem
+from tests.helpers import assert_eventually, assert_problem
 
 ACKFLOW = str(Path(sys.executable).parent / "ackflow")
 
@@ -107,3 +107,38 @@ async def test_cors_allows_only_the_configured_origins(
             other = await http.options("/v1/requests", headers={"Origin": "https://evil.example.net", **preflight})
     assert allowed.status_code == 204 and allowed.headers["access-control-allow-origin"] == "https://app.example.com"
     assert "access-control-allow-origin" not in other.headers
+
+
+@pytest.fixture
+async def bounded(
+    settings: Settings, pool: asyncpg.Pool, redis: Redis, temporal: Client, registry: HandlerRegistry, tenant: Tenant
+) -> AsyncIterator[tuple[Settings, httpx.AsyncClient]]:
+    """The stack with at most 5 requests of a tenant waiting to start."""
+    own = replace(settings, max_waiting_per_tenant=5)
+    async with running_roles(own, pool, redis, temporal, registry), api_client(own, tenant.api_key) as client:
+        yield own, client
+
+
+async def test_accepts_past_the_tenants_queue_depth_are_429_until_some_have_started(
+    bounded: tuple[Settings, httpx.AsyncClient], pool: asyncpg.Pool, other_tenant: Tenant
+) -> None:
+    own, client = bounded
+    later = {"kind": "echo", "payload": {}, "delay_seconds": 600}
+    waiting = [(await client.post("/v1/requests", json=later)).json()["id"] for _ in range(5)]
+
+    refused = await client.post("/v1/requests", json=later)
+    refused_batch = await client.post("/v1/requests/batch", json={"items": [later]})
+
+    for response in (refused, refused_batch):
+        problem = assert_problem(response, 429, "too-many-requests")
+        assert "waiting to start" in problem["detail"] and int(response.headers["retry-after"]) >= 1
+    assert await pool.fetchval("SELECT count(*) FROM requests") == 5
+    async with api_client(own, other_tenant.api_key) as other:  # another tenant's queue is its own
+        assert (await other.post("/v1/requests", json=later)).status_code == 202
+    for request_id in waiting[:2]:
+        assert (await client.post(f"/v1/requests/{request_id}/cancel")).status_code == 202
+
+    async def accepted_again() -> bool:
+        return (await client.post("/v1/requests", json=later)).status_code == 202
+
+    await assert_eventually(accepted_again, timeout=30, message="accepts stayed refused with room in the queue")

@@ -23,6 +23,7 @@ from bench.batching import measure_batching
 from bench.charts import write_chart
 from bench.end_to_end import measure_end_to_end
 from bench.fanout import measure_fanout
+from bench.flow_control import measure_flow_control
 from bench.notify import measure_notifications
 from bench.profile import FULL, QUICK, Profile
 from bench.relay_lag import measure_relay_lag
@@ -57,6 +58,12 @@ async def _backlog(stack: Stack, profile: Profile, results: Results, log: Log) -
     """Accept at half of accept's max (found earlier in the run, or a default) while 10,000 requests drain."""
     accept_max = results.get("accept", {}).get("accept", {}).get("max_rate")
     return await measure_backlog(stack, profile, log, accept_max=accept_max)
+
+
+async def _flow_control(stack: Stack, profile: Profile, results: Results, log: Log) -> Results:
+    """Claim cost and accept p99 with 10,000 waiting over 1,000 keys and 3 priorities, beside a plain backlog."""
+    accept_max = results.get("accept", {}).get("accept", {}).get("max_rate")
+    return await measure_flow_control(stack, profile, log, accept_max=accept_max)
 
 
 async def _end_to_end(stack: Stack, profile: Profile, results: Results, log: Log) -> Results:
@@ -96,6 +103,7 @@ async def _batching(stack: Stack, profile: Profile, results: Results, log: Log) 
 SCENARIOS: dict[str, Scenario] = {
     "accept": _accept,
     "backlog": _backlog,
+    "flow_control": _flow_control,
     "end_to_end": _end_to_end,
     "relay_lag": _relay_lag,
     "notify": _notify,

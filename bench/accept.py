@@ -88,9 +88,10 @@ def _stepper(send: Send, seconds: float, pids: dict[str, int]) -> Callable[[floa
 
 
 async def clear_accepted(database_url: str) -> None:
-    """Forget what the accept scenario wrote (the relay was not running), so later scenarios start empty."""
+    """Forget what the accept scenario wrote (the relay was not running), so later scenarios start empty
+    (the concurrency keys' counts with the requests: truncating skips the trigger that keeps them)."""
     connection = await asyncpg.connect(database_url)
     try:
-        await connection.execute("TRUNCATE outbox, request_events, requests, bare_requests")
+        await connection.execute("TRUNCATE outbox, request_events, requests, bare_requests, concurrency_slots")
     finally:
         await connection.close()

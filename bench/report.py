@@ -41,6 +41,7 @@ def headline(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                 )
             )
     rows += _backlog_rows(results.get("backlog"))
+    rows += _flow_control_rows(results.get("flow_control"))
     e2e = results.get("end_to_end")
     if e2e:
         a, t = e2e["ackflow"], e2e["temporal"]
@@ -122,6 +123,28 @@ def _backlog_rows(backlog: dict[str, Any] | None) -> list[tuple[str, str, str]]:
         ),
         ("backlog requests completed meanwhile", f"{backlog['drained']} ({backlog['drain_rate']:g}/s)", "(context)"),
         *_cores_rows(backlog),
+    ]
+
+
+def _flow_control_rows(flow: dict[str, Any] | None) -> list[tuple[str, str, str]]:
+    """Claim cost per request and accept p99 with the keyed backlog waiting, each over its baseline."""
+    if not flow:
+        return []
+    plain, keyed = flow["claim"]["plain"], flow["claim"]["keyed"]
+    idle, waiting = flow["idle"]["latency_ms"], flow["with_waiting"]["latency_ms"]
+    shape = f"{flow['waiting']:,} waiting over {flow['keys']:,} keys, {len(flow['priorities'])} priorities"
+    return [
+        (
+            f"claim per request, {shape} / plain backlog",
+            f"x{_num(flow['claim_ratio'])} ({_num(keyed['ms_per_request'])} / {_num(plain['ms_per_request'])} ms;"
+            f" pages x{_num(flow['claim_pages_ratio'])})",
+            "flat (~x1)",
+        ),
+        (
+            f"accept p99 at {flow['rate']:g}/s, {shape} / idle",
+            f"x{_num(flow['accept_p99_ratio'])} ({_num(waiting['p99'])} / {_num(idle['p99'])} ms)",
+            "<= x2",
+        ),
     ]
 
 

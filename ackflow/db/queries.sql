@@ -71,14 +71,15 @@ SELECT count(*) FROM (SELECT 1 FROM requests WHERE tenant_id = $1 AND status = '
 
 -- name: key_holders
 -- The requests holding concurrency key $2 of tenant $1 (what a request under 'skip' was refused for).
-SELECT id FROM requests WHERE tenant_id = $1 AND concurrency_key = $2 AND key_slot ORDER BY id LIMIT 10;
+SELECT id FROM requests
+ WHERE tenant_id = $1 AND concurrency_key = $2 AND key_slot AND completed_at IS NULL ORDER BY id LIMIT 10;
 
 -- name: superseded_requests
 -- The requests of key $2 (tenant $1) before request $3 that a request.supersede row of policy $4 cancels:
 -- under cancel_running every one not ended, under replace_queued those still waiting for the key.
 SELECT id FROM requests
  WHERE tenant_id = $1 AND concurrency_key = $2 AND id < $3
-   AND ((status = 'INIT' AND NOT key_slot) OR ($4::text = 'cancel_running' AND key_slot))
+   AND ((status = 'INIT' AND NOT key_slot) OR ($4::text = 'cancel_running' AND key_slot AND completed_at IS NULL))
  ORDER BY id;
 
 -- name: transition_request

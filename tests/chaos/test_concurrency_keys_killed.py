@@ -24,7 +24,7 @@ EACH = 8
 async def over_limit(pool: asyncpg.Pool) -> list[tuple[str, int, int]]:
     """Keys with more holders, or more requests PROCESSING, than their limit: (key, holders, processing)."""
     rows = await pool.fetch(
-        "SELECT concurrency_key AS key, count(*) FILTER (WHERE key_slot) AS holders,"
+        "SELECT concurrency_key AS key, count(*) FILTER (WHERE key_slot AND completed_at IS NULL) AS holders,"
         "       count(*) FILTER (WHERE status = 'PROCESSING') AS processing"
         "  FROM requests WHERE concurrency_key IS NOT NULL GROUP BY concurrency_key"
     )

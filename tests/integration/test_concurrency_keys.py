@@ -41,7 +41,7 @@ async def accept_keyed(pool: asyncpg.Pool, tenant: Tenant, key: str | None, **op
 async def key_state(pool: asyncpg.Pool, tenant: Tenant, key: str) -> tuple[int, int, int | None]:
     """(requests holding the key, requests waiting for it, what concurrency_slots counts)."""
     row = await pool.fetchrow(
-        "SELECT count(*) FILTER (WHERE key_slot) AS holders,"
+        "SELECT count(*) FILTER (WHERE key_slot AND completed_at IS NULL) AS holders,"
         " count(*) FILTER (WHERE status = 'INIT' AND NOT key_slot) AS waiting,"
         " (SELECT taken FROM concurrency_slots WHERE tenant_id = $1 AND key = $2) AS counted"
         " FROM requests WHERE tenant_id = $1 AND concurrency_key = $2",
@@ -130,6 +130,21 @@ async def test_a_cancelled_or_expired_holder_passes_its_slot_on_and_a_cancelled_
     assert await key_state(pool, tenant, "k") == (0, 0, None)
 
 
+async def test_one_sweep_expiring_a_holder_and_a_waiting_request_of_one_key_ends_both_and_frees_the_key(
+    pool: asyncpg.Pool, tenant: Tenant, worker: None
+) -> None:
+    """The slot passes on once the statement has ended all its rows: the waiting request, ended by
+    the same statement, is not given it (nor is the statement's own row changed under it)."""
+    holder, waiter, survivor = [await accept_keyed(pool, tenant, "swept") for _ in range(3)]
+    await pool.execute("UPDATE requests SET expires_at = now() WHERE id = ANY ($1::uuid[])", [holder, waiter])
+
+    assert await pool.fetchval(sql("expire_requests"), 10) == 2
+
+    assert await statuses(pool, [holder, waiter, survivor]) == {holder: CANCELLED, waiter: CANCELLED, survivor: INIT}
+    assert await key_state(pool, tenant, "swept") == (1, 0, 1)
+    assert await pool.fetchval("SELECT key_slot FROM requests WHERE id = $1", survivor) is True
+
+
 async def test_accepts_and_ends_of_one_key_racing_on_many_connections_never_exceed_its_limit(
     pool: asyncpg.Pool, tenant: Tenant, worker: None
 ) -> None:
@@ -146,7 +161,9 @@ async def test_accepts_and_ends_of_one_key_racing_on_many_connections_never_exce
     async def end_holders(seed: int) -> None:
         chance = random.Random(seed)
         while not stop.is_set():
-            holders = await pool.fetch("SELECT id FROM requests WHERE concurrency_key = 'hot' AND key_slot")
+            holders = await pool.fetch(
+                "SELECT id FROM requests WHERE concurrency_key = 'hot' AND key_slot AND completed_at IS NULL"
+            )
             if holders:
                 await transition(pool, chance.choice(holders)["id"], CANCELLED, (INIT,))
             else:

@@ -355,6 +355,12 @@ async def test_every_prune_statement_scans_indexes_never_a_whole_table(pool: asy
     await seed.outbox_rows(dead)
     dead_at = "UPDATE outbox SET dead_at = now() - interval '40 days' WHERE request_id = ANY($1::uuid[])"
     await pool.execute(dead_at, dead)
+    batches = (
+        "INSERT INTO submitted_batches (id, tenant_id, size, accepted, created_at)"
+        " SELECT gen_random_uuid(), $1, 1, 1, now() - make_interval(days => $2) FROM generate_series(1, $3)"
+    )
+    await pool.execute(batches, tenant.id, YOUNG, 3000)
+    await pool.execute(batches, tenant.id, OLD, 20)  # old, their requests pruned: pruned in turn
     await pool.execute("ANALYZE")
 
     policy = RetentionPolicy()
@@ -453,8 +459,8 @@ async def test_ackflow_prune_runs_one_pass_and_prints_its_counts(
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == (
-        "pruned 1 idempotency keys, 0 webhook deliveries, 0 dead outbox rows, 2 requests, 0 endpoint events,"
-        " 0 deleted endpoints"
+        "pruned 1 idempotency keys, 0 webhook deliveries, 0 dead outbox rows, 2 requests, 0 submitted batches,"
+        " 0 endpoint events, 0 deleted endpoints"
     )
     assert await present(pool, "requests", old) == 0 and await present(pool, "requests", young) == 1
 

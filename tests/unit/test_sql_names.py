@@ -19,6 +19,7 @@ from ackflow.contracts import (
     TOPIC_CANCEL_REQUESTED,
     TOPIC_FOR_STATUS,
     TOPIC_INPUT,
+    TOPIC_SUPERSEDE,
     DeliveryState,
     work_workflow_id,
     workflow_id_for,
@@ -71,7 +72,7 @@ def test_the_state_check_of_webhook_deliveries_allows_exactly_the_enum() -> None
 def test_the_sql_spells_only_request_statuses_and_topics_that_the_contracts_define() -> None:
     text = "\n".join(_statements().values())
     assert set(_STATUS_LITERAL.findall(text)) - _NOT_A_STATUS == set(ALL_STATUSES)
-    commands = {TOPIC_ACCEPTED, TOPIC_BATCH, TOPIC_CANCEL_REQUESTED, TOPIC_INPUT}
+    commands = {TOPIC_ACCEPTED, TOPIC_BATCH, TOPIC_CANCEL_REQUESTED, TOPIC_INPUT, TOPIC_SUPERSEDE}
     assert set(_TOPIC_LITERAL.findall(text)) <= EVENT_TOPICS | commands
     # transition_requests names a status's topic 'request.' || lower(status)
     assert all(TOPIC_FOR_STATUS[status] == "request." + status.lower() for status in ALL_STATUSES if status != INIT)

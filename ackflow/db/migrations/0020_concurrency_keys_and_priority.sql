@@ -2,11 +2,11 @@
 --
 -- Concurrency keys: at most `concurrency_limit` requests of a tenant with the same `concurrency_key`
 -- hold a slot at once. A request holds its key's slot from the moment it may be admitted until it
--- ends (requests.key_slot true); one accepted while its key is full waits (key_slot false) with its
--- accepted row out of the claim's reach (available_at 'infinity'), and the end of a slot holder,
--- whatever path records it, passes the slot to the oldest waiting request of the key in the same
--- transaction (the trigger below). concurrency_slots counts each key's holders, and is what accepts
--- and ends of one key serialise on. key_slot is NULL for a request without a key.
+-- ends (key_slot true and completed_at NULL); one accepted while its key is full waits (key_slot
+-- false) with its accepted row out of the claim's reach (available_at 'infinity'), and the end of a
+-- slot holder, whatever path records it, passes the slot to the oldest waiting request of the key in
+-- the same transaction (the trigger below). concurrency_slots counts each key's holders, and is what
+-- accepts and ends of one key serialise on. key_slot is NULL for a request without a key.
 --
 -- Priority: 1 (first) .. 5, default 3 (NULL: not given). Within a tenant's fair share the claim admits
 -- by admit_rank, the time a request became due less a lead of (5 - priority) aging steps
@@ -33,7 +33,7 @@ CREATE TABLE concurrency_slots (
 -- The requests waiting for their key, oldest first; and those holding its slots.
 CREATE INDEX requests_key_waiting_idx ON requests (tenant_id, concurrency_key, id)
     WHERE status = 'INIT' AND NOT key_slot;
-CREATE INDEX requests_key_holders_idx ON requests (tenant_id, concurrency_key, id) WHERE key_slot;
+CREATE INDEX requests_key_holders_idx ON requests (tenant_id, concurrency_key, id) WHERE key_slot AND completed_at IS NULL;
 CREATE INDEX requests_tags_idx ON requests USING gin (tags) WHERE tags IS NOT NULL;
 
 -- Rows inserted without a rank (by hand, by tests) rank by their insert.
@@ -83,12 +83,14 @@ $$;
 -- either counted this holder and left its request waiting, which is then found here, or comes after
 -- and finds the slot free. Waiting requests are locked in id order, waiting for a cancel of one to
 -- commit rather than skipping it (a skipped request could be left waiting with its key free).
+-- An AFTER trigger: it runs once the statement has changed all its rows, so a statement that ends a
+-- holder and a waiting request of one key together (the expiry sweep) never has its own rows
+-- changed under it, and the waiting one, ended, is not given the slot.
 CREATE FUNCTION ackflow_pass_key_slot() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     holders integer;
     next_request record;
 BEGIN
-    NEW.key_slot := false;
     UPDATE concurrency_slots s SET taken = greatest(0, s.taken - 1)
      WHERE s.tenant_id = NEW.tenant_id AND s.key = NEW.concurrency_key
     RETURNING s.taken INTO holders;
@@ -111,11 +113,11 @@ BEGIN
         INSERT INTO concurrency_slots (tenant_id, key, taken) VALUES (NEW.tenant_id, NEW.concurrency_key, holders)
         ON CONFLICT (tenant_id, key) DO UPDATE SET taken = EXCLUDED.taken;
     END IF;
-    RETURN NEW;
+    RETURN NULL;
 END;
 $$;
 
-CREATE TRIGGER requests_pass_key_slot BEFORE UPDATE ON requests
+CREATE TRIGGER requests_pass_key_slot AFTER UPDATE ON requests
     FOR EACH ROW WHEN (OLD.key_slot AND OLD.completed_at IS NULL AND NEW.completed_at IS NOT NULL)
     EXECUTE FUNCTION ackflow_pass_key_slot();
 

@@ -92,6 +92,8 @@ async def clear_accepted(database_url: str) -> None:
     (the concurrency keys' counts with the requests: truncating skips the trigger that keeps them)."""
     connection = await asyncpg.connect(database_url)
     try:
-        await connection.execute("TRUNCATE outbox, request_events, requests, bare_requests, concurrency_slots")
+        await connection.execute(
+            "TRUNCATE outbox, request_events, request_inputs, requests, bare_requests, concurrency_slots"
+        )
     finally:
         await connection.close()

@@ -79,7 +79,7 @@ async def measure_flow_control(
         f"  claim per request: {baseline_claim['ms_per_request']:.3f} ms plain, {keyed_claim['ms_per_request']:.3f} ms"
         f" keyed (x{ratio:.2f}); pages x{pages_ratio:.2f}"
     )
-    log(f"  accept p99 @ {rate:g}/s: idle {idle_p99} ms, {WAITING:,} waiting {waiting_p99} ms (x{p99_ratio})")
+    log(f"  accept p99 @ {rate:g}/s: idle {idle_p99} ms, {WAITING:,} waiting {waiting_p99} ms (x{_ratio(p99_ratio)})")
     return {
         "rate": rate,
         "waiting": WAITING,
@@ -163,3 +163,7 @@ async def _claim_cost(database_url: str) -> dict[str, float]:
         "ms_per_request": round(median / claimed, 4),
         "pages_per_request": round(pages / claimed, 2),
     }
+
+
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"

@@ -145,7 +145,8 @@ class SubmittedBatch(msgspec.Struct, frozen=True):
 
     id: str
     size: int
-    accepted: int
+    accepted: int  # requests it made (not the replayed ones)
+    replayed: int = 0
     items: list[BatchAnswer] = []
 
 

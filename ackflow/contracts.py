@@ -223,10 +223,13 @@ class RecordWorkInput:
 
 @dataclass
 class MarkWaitingInput:
-    """A workflow kind's run waits for the outside input `input` (None: it has it, or stopped waiting)."""
+    """A workflow kind's run waits for the outside input `input` (None: it has it, or stopped waiting).
+    `wait`: which of the run's waits this is (1, 2, ...; 0 from runs of before it was sent), so that
+    a mark run again after that wait's input arrived (a worker died in between) changes nothing."""
 
     request_id: str
     input: str | None
+    wait: int = 0
 
 
 @dataclass

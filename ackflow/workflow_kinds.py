@@ -98,6 +98,7 @@ class _Inbox:
     def __init__(self) -> None:
         self.values: dict[str, Any] = {}
         self._seen: set[int] = set()
+        self.waits = 0  # the run's waits so far: deterministic, so a replay numbers them alike
 
     def receive(self, message: dict[str, Any]) -> None:
         seq = int(message.get("seq", 0))
@@ -115,11 +116,13 @@ async def wait_for_input(name: str, *, timeout: timedelta | None = None) -> Any:
     if request_id is None:
         raise RuntimeError("wait_for_input() waits in a workflow kind's run, which ackflow starts for a request")
     inbox = _inbox()
-    await _mark_waiting(request_id, name)
+    inbox.waits += 1
+    wait = inbox.waits
+    await _mark_waiting(request_id, name, wait)
     try:
         await workflow.wait_condition(lambda: name in inbox.values, timeout=timeout)
     except TimeoutError:
-        await _mark_waiting(request_id, None)
+        await _mark_waiting(request_id, None, wait)
         raise ApplicationError(f"no {name!r} input arrived within {timeout}", type="InputTimeout") from None
     return inbox.values.pop(name)
 
@@ -135,10 +138,10 @@ def _inbox() -> _Inbox:
     return inbox
 
 
-async def _mark_waiting(request_id: str, name: str | None) -> None:
+async def _mark_waiting(request_id: str, name: str | None, wait: int) -> None:
     await workflow.execute_local_activity(
         "mark_waiting",
-        MarkWaitingInput(request_id, name),
+        MarkWaitingInput(request_id, name, wait),
         start_to_close_timeout=_BOOKKEEPING_TIMEOUT,
         retry_policy=_BOOKKEEPING_RETRY,
     )

@@ -63,4 +63,4 @@ class WorkActivities:
     async def mark_waiting(self, waiting: MarkWaitingInput) -> None:
         """The request waits for the input named (or, None, no longer waits)."""
         bind_log_context(request_id=waiting.request_id)
-        await self._pool.execute(sql("mark_waiting"), uuid.UUID(waiting.request_id), waiting.input)
+        await self._pool.execute(sql("mark_waiting"), uuid.UUID(waiting.request_id), waiting.input, waiting.wait)

@@ -73,7 +73,12 @@ class BatchesController(Controller):
                 "an item is not valid and the batch is atomic: nothing was accepted", items=_failures(checked)
             )
         batch_id = new_request_id()
+        keys = sorted(
+            {item.concurrency_key for item in checked if isinstance(item, BatchItem) and item.concurrency_key}
+        )
         async with services.pool.acquire() as connection, connection.transaction():
+            if keys:
+                await connection.fetchval(sql("lock_batch_keys"), tenant_id, keys)
             answers = [
                 await _accept_item(connection, request, services, index, item, batch_id)
                 if isinstance(item, BatchItem)
@@ -86,13 +91,14 @@ class BatchesController(Controller):
                     "no item was accepted" if not data.atomic else "an item was refused and the batch is atomic",
                     items=[msgspec.to_builtins(answer) for answer in failed],
                 )  # leaving the block rolls back whatever the others wrote
-            accepted = len(answers) - len(failed)
+            accepted = sum(1 for answer in answers if answer.request is not None and not answer.replayed)
             await connection.execute(sql("create_submitted_batch"), batch_id, tenant_id, len(answers), accepted)
         services.outbox_waker.wake()
         body = AcceptedBatch(
             id=batch_id,
             size=len(answers),
             accepted=accepted,
+            replayed=sum(1 for answer in answers if answer.replayed),
             items=answers,
             links=BatchLinks(self=f"/v1/batches/{batch_id}"),
         )

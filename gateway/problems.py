@@ -174,6 +174,9 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     asyncpg.exceptions.InternalClientError: unavailable_handler,
     asyncpg.exceptions.CannotConnectNowError: unavailable_handler,
     asyncpg.exceptions.TooManyConnectionsError: unavailable_handler,
+    # Lost a lock race Postgres broke (the transaction was rolled back whole): nothing written, retry.
+    asyncpg.exceptions.DeadlockDetectedError: unavailable_handler,
+    asyncpg.exceptions.SerializationError: unavailable_handler,
     TimeoutError: unavailable_handler,
     ConnectionError: unavailable_handler,
     OSError: unavailable_handler,

@@ -26,6 +26,7 @@ from ackflow.db.queries import sql
 from ackflow.db.transitions import transition
 from ackflow.errors import Conflict, InvalidInput, NotFound, Unauthorized
 from ackflow.handlers import KIND_PATTERN
+from ackflow.inputs import STORABLE_TEXT
 from ackflow.logs import bind_log_context
 from ackflow.netguard import check_target
 from ackflow.settings import Settings
@@ -48,6 +49,7 @@ from gateway.schemas import (
 from gateway.services import GatewayServices
 from gateway.webhook_schemas import Delivery, DeliveryPage, delivery_from_row
 
+_TAG = re.compile(TAG_PATTERN)
 _RESPOND_ASYNC = re.compile(r"(?:^|[,;\s])respond-async(?:$|[,;\s])", re.IGNORECASE | re.ASCII)
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+(?:\.\d+)?)", re.IGNORECASE | re.ASCII)
 
@@ -152,12 +154,21 @@ class RequestsController(Controller):
         limit: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE_SIZE)] = 50,
         cursor: Annotated[str | None, QueryParameter(max_length=64)] = None,
         tag: Annotated[
-            list[Annotated[str, QueryParameter(pattern=TAG_PATTERN)]] | None,
+            list[str] | None,
             QueryParameter(description="only requests carrying this tag (repeat: all of them)", max_items=MAX_TAGS),
         ] = None,
-        concurrency_key: Annotated[str | None, QueryParameter(min_length=1, max_length=256)] = None,
+        concurrency_key: Annotated[
+            str | None, QueryParameter(min_length=1, max_length=256, pattern=STORABLE_TEXT)
+        ] = None,
     ) -> RequestPage:
         tenant_id = current_tenant(request)
+        for each in tag or ():  # each item's pattern: Litestar checks only the list's own constraints
+            if not _TAG.match(each):
+                raise InvalidInput(
+                    "a tag is 1-64 of A-Z a-z 0-9 _ . : / = - (starting with a letter or digit)",
+                    status_code=400,
+                    errors=[{"field": "tag", "in": "query", "message": "not a valid tag"}],
+                )
         if status is not None and status not in ALL_STATUSES:
             raise InvalidInput(
                 f"status must be one of {', '.join(ALL_STATUSES)}",

@@ -152,11 +152,14 @@ class BatchItemAnswer(msgspec.Struct, omit_defaults=True):
 
 
 class AcceptedBatch(msgspec.Struct):
-    """The 202 answer to a batch: every accepted item is committed, in one transaction."""
+    """The 202 answer to a batch: every accepted item is committed, in one transaction. `accepted`
+    counts the requests it made; `replayed` the items answered with a request an earlier idempotency
+    key made (not part of this batch's counts)."""
 
     id: uuid.UUID
     size: int
     accepted: int
+    replayed: int
     items: list[BatchItemAnswer]
     links: BatchLinks
 

@@ -39,13 +39,16 @@ class ExpirySweep:
                 await asyncio.wait_for(stop.wait(), self._interval)
 
     async def sweep(self) -> int:
-        """Cancel every request expired by now, a batch at a time; return how many."""
+        """Cancel every request expired by now, a batch at a time; return how many. Those holding a
+        concurrency key's slot go in statements of their own (expire_requests says why)."""
         total = 0
-        while True:
-            expired = int(await self._pool.fetchval(sql("expire_requests"), SWEEP_BATCH))
-            if expired:
-                STATUS_TRANSITIONS.labels(status="CANCELLED").inc(expired)
-                log.info("cancelled %d expired requests", expired)
-            total += expired
-            if expired < SWEEP_BATCH:
-                return total
+        for holders in (False, True):
+            while True:
+                expired = int(await self._pool.fetchval(sql("expire_requests"), SWEEP_BATCH, holders))
+                if expired:
+                    STATUS_TRANSITIONS.labels(status="CANCELLED").inc(expired)
+                    log.info("cancelled %d expired requests", expired)
+                total += expired
+                if expired < SWEEP_BATCH:
+                    break
+        return total

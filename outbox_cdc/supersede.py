@@ -3,10 +3,13 @@ cancel_running or replace_queued cancels the key's earlier requests that it repl
 
 Written by the accept in the same statement as the request (migration 0020), so the policy holds
 whatever dies after the 202. Each replaced request is cancelled in its own transaction, locked
-first as every status change of one request is: one still waiting ends CANCELLED and its accepted
-row goes; one running ends CANCELLED and a cancel row stops its workflow (CancelRequestRoute). Its
-end passes its key's slot on (the database's trigger), to the oldest request still waiting: the
-new one, once everything before it is cancelled. Idempotent: a request that ended is skipped.
+first as every status change of one request is, and checked again once locked: one still waiting
+ends CANCELLED and its accepted row goes; one running ends CANCELLED and a cancel row stops its
+workflow (CancelRequestRoute; its handler learns of it at its next heartbeat). The waiting ones go
+first, so that the slot a holder's end passes on (the database's trigger) goes to the oldest request
+not replaced: the new one, or one accepted after it. Idempotent: a request that ended is skipped.
+The relay does this moments after the accept: a waiting request that got its key's slot meanwhile
+(its holder ended) runs on under replace_queued.
 """
 
 from __future__ import annotations
@@ -36,11 +39,12 @@ class SupersedeRoute:
         }
         for row in replaced:
             async with self._pool.acquire() as connection, connection.transaction():
-                locked = await connection.fetchrow(sql("lock_request"), row["id"], event.tenant_id)
-                if locked is None or locked["status"] not in (INIT, PROCESSING):
+                # Checked again once locked: one waiting then may hold the key now (replace_queued spares it).
+                status = await connection.fetchval(sql("lock_superseded"), row["id"], policy)
+                if status is None:
                     continue
                 await transition(connection, row["id"], CANCELLED, (INIT, PROCESSING), error=error)
-                if locked["status"] == INIT:
+                if status == INIT:
                     await connection.execute(sql("drop_unclaimed_accept"), row["id"])
                 else:
                     await connection.execute(sql("mark_cancel_requested"), row["id"])

@@ -69,6 +69,13 @@ SELECT b.id, b.size, b.accepted, b.created_at,
 -- How many of tenant $1's requests are still INIT, counted up to $2 at most (gateway/queue_depth.py).
 SELECT count(*) FROM (SELECT 1 FROM requests WHERE tenant_id = $1 AND status = 'INIT' LIMIT $2) waiting;
 
+-- name: lock_batch_keys
+-- Keys $2 (sorted) of tenant $1, locked for a batch's transaction in that order before its items take
+-- their slots: two batches sharing keys then take turns instead of locking slot rows in each other's
+-- order (a deadlock). Single accepts lock one key only, so they need not take part.
+SELECT count(pg_advisory_xact_lock(hashtextextended($1::uuid::text || '/' || k, 7411726565)))
+  FROM (SELECT k FROM unnest($2::text[]) AS k ORDER BY k) sorted;
+
 -- name: key_holders
 -- The requests holding concurrency key $2 of tenant $1 (what a request under 'skip' was refused for).
 SELECT id FROM requests
@@ -77,10 +84,18 @@ SELECT id FROM requests
 -- name: superseded_requests
 -- The requests of key $2 (tenant $1) before request $3 that a request.supersede row of policy $4 cancels:
 -- under cancel_running every one not ended, under replace_queued those still waiting for the key.
+-- Those waiting first: cancelling a holder passes its slot on, and it must not go to one of them.
 SELECT id FROM requests
  WHERE tenant_id = $1 AND concurrency_key = $2 AND id < $3
    AND ((status = 'INIT' AND NOT key_slot) OR ($4::text = 'cancel_running' AND key_slot AND completed_at IS NULL))
- ORDER BY id;
+ ORDER BY key_slot, id;
+
+-- name: lock_superseded
+-- Request $1 locked, if a request.supersede row of policy $2 still cancels it (see superseded_requests):
+-- its status then, or no row.
+SELECT status FROM requests
+ WHERE id = $1 AND ((status = 'INIT' AND NOT key_slot) OR ($2::text = 'cancel_running' AND key_slot AND completed_at IS NULL))
+   FOR UPDATE;
 
 -- name: transition_request
 -- One status change = one statement: requests + request_events + outbox. Only moves forward:
@@ -138,14 +153,19 @@ RETURNING event_id;
 
 -- name: mark_waiting
 -- A workflow kind's run waits for the outside input $2 (NULL: it stopped waiting, its wait timed out),
--- recorded as a status change is, with a request.waiting event. Run again (a retried activity), it
--- changes nothing: the request already says so.
+-- recorded as a status change is, with a request.waiting event. $3: which of the run's waits this is
+-- (migration 0022). Run again (a retried or replayed local activity), it changes nothing: the request
+-- already says so, or that wait's input has arrived since (kept with the wait it answered).
 WITH changed AS (
     UPDATE requests
        SET version = version + 1, updated_at = now(),
            waiting = CASE WHEN $2::text IS NOT NULL
-                          THEN jsonb_build_object('input', $2::text, 'since', ackflow_timestamp(now())) END
+                          THEN jsonb_build_object('input', $2::text, 'since', ackflow_timestamp(now())) END,
+           input_wait = CASE WHEN $2::text IS NOT NULL THEN $3::integer END
      WHERE id = $1 AND status = 'PROCESSING' AND (waiting ->> 'input') IS DISTINCT FROM $2::text
+       AND NOT EXISTS (SELECT FROM request_inputs i
+                        WHERE i.request_id = $1 AND i.name = $2::text AND i.answered_wait >= $3::integer
+                          AND $3::integer > 0)
     RETURNING *
 ), event AS (
     INSERT INTO request_events (request_id, tenant_id, topic, status, version, data)
@@ -166,9 +186,11 @@ WITH changed AS (
      WHERE id = $1 AND tenant_id = $2 AND status = 'PROCESSING' AND waiting ->> 'input' = $3
     RETURNING *
 ), kept AS (
-    INSERT INTO request_inputs (request_id, name, value)
-    SELECT id, $3, $4::jsonb FROM changed
-    ON CONFLICT (request_id, name) DO UPDATE SET value = excluded.value, received_at = now()
+    -- With the wait it answered: the statement's snapshot still has the request's input_wait.
+    INSERT INTO request_inputs (request_id, name, value, answered_wait)
+    SELECT id, $3, $4::jsonb, (SELECT input_wait FROM requests WHERE id = $1) FROM changed
+    ON CONFLICT (request_id, name) DO UPDATE
+       SET value = excluded.value, received_at = now(), answered_wait = excluded.answered_wait
 ), event AS (
     INSERT INTO request_events (request_id, tenant_id, topic, status, version, data)
     SELECT r.id, r.tenant_id, 'request.input_received', r.status, r.version, ackflow_request_state(r) FROM changed r
@@ -249,8 +271,12 @@ SELECT id, status, tenant_id FROM requests WHERE id = $1 AND tenant_id = $2 FOR 
 -- The relays' expiry sweep: up to $1 requests still INIT past their expires_at (waiting for admission,
 -- or admitted while no worker ran) end CANCELLED (Expired), as a status change is recorded, and
 -- their accepted rows no relay holds go. Locks only what no one else holds: it never waits.
+-- $2: only requests holding a concurrency key's slot (true), or only the others (false). The sweep
+-- runs them as separate transactions: one that holds a waiting request's lock while its trigger
+-- waits for the key's slots row could deadlock with the end of a holder waiting for that request.
 WITH expired AS (
-    SELECT id FROM requests WHERE status = 'INIT' AND expires_at <= now()
+    SELECT id FROM requests
+     WHERE status = 'INIT' AND expires_at <= now() AND coalesce(key_slot, false) = $2
      ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED
 ), changed AS (
     UPDATE requests r
@@ -344,7 +370,7 @@ SELECT * FROM ackflow_claim_outbox($1, $2, $3, $4);
 -- the lease its claim returned: a relay that overran its lease changes nothing another now holds).
 -- Rows $1 (leases $2) were dispatched: deleted. Rows $3 (leases $4) failed with errors $5 and are due
 -- again in $6 seconds: their lease and their requests' admission are given back, so a request
--- waiting on a failing dispatch holds no place in flight.
+-- waiting on a failing dispatch holds no place in flight; its rank moves with its due time.
 WITH dispatched AS (
     DELETE FROM outbox o
      USING unnest($1::bigint[], $2::timestamptz[]) AS d (id, claimed_until)
@@ -355,7 +381,8 @@ WITH dispatched AS (
 ), postponed AS (
     UPDATE outbox o
        SET attempts = o.attempts + 1, last_error = f.error, claimed_until = NULL,
-           failing_since = coalesce(o.failing_since, now()), available_at = now() + make_interval(secs => f.delay)
+           failing_since = coalesce(o.failing_since, now()), available_at = now() + make_interval(secs => f.delay),
+           admit_rank = o.admit_rank + (now() + make_interval(secs => f.delay) - o.available_at)  -- its lead kept
       FROM failed f
      WHERE o.id = f.id AND o.claimed_until = f.claimed_until
     RETURNING o.topic, o.request_id
@@ -845,12 +872,13 @@ WITH request AS (
      WHERE id = $1 AND completed_at IS NULL AND admitted_at IS NOT NULL
        AND NOT EXISTS (SELECT 1 FROM outbox WHERE request_id = $1 AND topic = 'request.accepted')
        AND NOT EXISTS (SELECT 1 FROM outbox WHERE topic = 'request.batch' AND request_ids @> ARRAY[$1::uuid])
-    RETURNING id, tenant_id, kind
+    RETURNING id, tenant_id, kind, priority_lead
 )
-INSERT INTO outbox (topic, tenant_id, request_id, event_id, payload)
+INSERT INTO outbox (topic, tenant_id, request_id, event_id, payload, admit_rank)
 SELECT 'request.accepted', r.tenant_id, r.id,
        (SELECT e.id FROM request_events e WHERE e.request_id = r.id AND e.version = 1),
-       jsonb_build_object('kind', r.kind, 'task_queue', h.task_queue, 'handler', h.options)
+       jsonb_build_object('kind', r.kind, 'task_queue', h.task_queue, 'handler', h.options),
+       now() - r.priority_lead
   FROM request r JOIN handler_kinds h ON h.kind = r.kind
 RETURNING id;
 

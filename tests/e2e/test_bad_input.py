@@ -568,6 +568,8 @@ def list_cases() -> list[Case]:
         "limit": ["0", "-1", "10000", "abc", "", "1.5", "99999999999999999999999"],
         "cursor": ["!!!", "AAAA", "not base64 at all", "\x00", "x" * 5000, "A" * 20],  # 15 bytes, not 16
         "kind": ["ECHO", "", "k" * 300, "\x00", "echo' OR '1'='1"],
+        "tag": ["", "a b", "\x00", "t" * 65, "-leading"],
+        "concurrency_key": ["", "\x00", "k" * 257],
     }
     return [
         Case(f"{name}={value[:30]!r}", 400, None, name, method="GET", params={name: value}, headers={})

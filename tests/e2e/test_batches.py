@@ -5,6 +5,7 @@ against the tenant's rate limit, and GET /v1/batches/{id} counts the batch's req
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import asyncpg
@@ -109,6 +110,7 @@ async def test_each_items_idempotency_key_replays_its_request_and_refuses_anothe
     answers = again.json()["items"]
     assert [a["request"]["id"] for a in answers[:3]] == [a["request"]["id"] for a in first["items"]]
     assert all(a["replayed"] for a in answers[:3])
+    assert (again.json()["accepted"], again.json()["replayed"]) == (0, 3)
     assert answers[3]["problem"]["status"] == 422, answers[3]
     assert await pool.fetchval("SELECT count(*) FROM requests") == requests
 
@@ -175,3 +177,21 @@ async def test_the_client_submits_a_batch_and_reads_its_counts(sdk: AckflowClien
     with pytest.raises(ApiError) as refused:
         await sdk.submit_batch([{"kind": "nope"}], atomic=True)
     assert refused.value.status == 422
+
+
+async def test_batches_sharing_keys_in_opposite_orders_take_turns_and_never_deadlock(client: httpx.AsyncClient) -> None:
+    """Each item's accept locks its key's slots row until the batch commits: without taking a batch's keys
+    in one order first, [a, b] and [b, a] at once deadlocked (and one batch failed)."""
+
+    def batch(keys: list[str]) -> dict[str, Any]:
+        return {
+            "items": [{"kind": "echo", "payload": {}, "concurrency_key": key, "concurrency_limit": 100} for key in keys]
+        }
+
+    forward, backward = [f"key-{n}" for n in range(20)], [f"key-{n}" for n in reversed(range(20))]
+    responses = await asyncio.gather(
+        *(client.post("/v1/requests/batch", json=batch(keys)) for _ in range(5) for keys in (forward, backward))
+    )
+
+    assert [r.status_code for r in responses] == [202] * 10, [r.text[:200] for r in responses if r.status_code != 202]
+    assert all(r.json()["accepted"] == 20 for r in responses)

@@ -17,10 +17,10 @@ from temporalio.client import Client
 
 from ackflow.contracts import CANCELLED, INIT
 from ackflow.db.accept import accept_request
-from ackflow.db.queries import sql
-from ackflow.db.transitions import transition
+from ackflow.db.transitions import transition, transition_many
 from ackflow.ids import new_request_id
 from ackflow.settings import Settings
+from outbox_cdc import ExpirySweep
 from tests.conftest import Tenant, make_tenant
 from tests.helpers import assert_eventually
 from tests.integration.test_admission import relay_for
@@ -123,26 +123,32 @@ async def test_a_cancelled_or_expired_holder_passes_its_slot_on_and_a_cancelled_
     )
     assert due is True, "the request given the slot is not due"
     await pool.execute("UPDATE requests SET expires_at = now() WHERE id = $1", second)
-    assert await pool.fetchval(sql("expire_requests"), 10) == 1
+    assert await ExpirySweep(pool).sweep() == 1
     assert (await statuses(pool, [second]))[second] == CANCELLED
     assert await pool.fetchval("SELECT key_slot FROM requests WHERE id = $1", fourth) is True
     await transition(pool, fourth, CANCELLED, (INIT,))
     assert await key_state(pool, tenant, "k") == (0, 0, None)
 
 
-async def test_one_sweep_expiring_a_holder_and_a_waiting_request_of_one_key_ends_both_and_frees_the_key(
+async def test_one_statement_ending_several_requests_of_one_key_passes_each_slot_once(
     pool: asyncpg.Pool, tenant: Tenant, worker: None
 ) -> None:
-    """The slot passes on once the statement has ended all its rows: the waiting request, ended by
-    the same statement, is not given it (nor is the statement's own row changed under it)."""
-    holder, waiter, survivor = [await accept_keyed(pool, tenant, "swept") for _ in range(3)]
-    await pool.execute("UPDATE requests SET expires_at = now() WHERE id = ANY ($1::uuid[])", [holder, waiter])
+    """The slot passes on once the statement has changed all its rows (a BEFORE trigger changed the
+    statement's own rows under it): two holders ended together give their slots to the two oldest
+    waiting; a waiting request expired with a holder is not given one."""
+    holders = [await accept_keyed(pool, tenant, "pair", concurrency_limit=2) for _ in range(2)]
+    waiting = [await accept_keyed(pool, tenant, "pair", concurrency_limit=2) for _ in range(3)]
+    assert await key_state(pool, tenant, "pair") == (2, 3, 2)
 
-    assert await pool.fetchval(sql("expire_requests"), 10) == 2
+    await transition_many(pool, [{"id": i, "status": CANCELLED} for i in holders], (INIT,))
 
-    assert await statuses(pool, [holder, waiter, survivor]) == {holder: CANCELLED, waiter: CANCELLED, survivor: INIT}
-    assert await key_state(pool, tenant, "swept") == (1, 0, 1)
-    assert await pool.fetchval("SELECT key_slot FROM requests WHERE id = $1", survivor) is True
+    assert await key_state(pool, tenant, "pair") == (2, 1, 2)
+    given = await pool.fetch("SELECT id FROM requests WHERE id = ANY ($1::uuid[]) AND key_slot", waiting)
+    assert sorted(row["id"] for row in given) == waiting[:2]
+
+    await pool.execute("UPDATE requests SET expires_at = now() WHERE id = ANY ($1::uuid[])", waiting[1:])
+    assert await ExpirySweep(pool).sweep() == 2  # a holder and the last waiting one, of one key
+    assert await key_state(pool, tenant, "pair") == (1, 0, 1)
 
 
 async def test_accepts_and_ends_of_one_key_racing_on_many_connections_never_exceed_its_limit(

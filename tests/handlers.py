@@ -34,6 +34,12 @@ async def big_result(payload: Any) -> dict[str, str]:
     return {"blob": "x" * (1024 * 1024 + 1)}
 
 
+@handler("nap_in_pairs", timeout=60, max_attempts=2, concurrency_limit=2)
+async def nap_in_pairs(payload: Any) -> dict[str, float]:
+    """As `nap`, two at a time per concurrency key unless a request says otherwise (the kind's limit)."""
+    return await nap(payload)
+
+
 @handler("nap", timeout=60, max_attempts=2)
 async def nap(payload: Any) -> dict[str, float]:
     """Sleeps `payload["seconds"]` without heartbeating: a slow handler that runs in its batch."""

@@ -108,6 +108,17 @@ async def test_no_more_than_the_limit_of_one_key_run_at_once_and_they_start_in_o
     assert await pool.fetchval("SELECT count(*) FROM concurrency_slots") == 0, "a slot outlived its requests"
 
 
+async def test_a_kinds_concurrency_limit_applies_when_the_request_gives_none(
+    pool: asyncpg.Pool, tenant: Tenant, worker: None
+) -> None:
+    for _ in range(3):
+        await accept_keyed(pool, tenant, "by-kind", kind="nap_in_pairs")
+    assert await key_state(pool, tenant, "by-kind") == (2, 1, 2)
+    assert await accept_keyed(pool, tenant, "by-request", kind="nap_in_pairs", concurrency_limit=1) is not None
+    assert await accept_keyed(pool, tenant, "by-request", kind="nap_in_pairs", concurrency_limit=1) is not None
+    assert await key_state(pool, tenant, "by-request") == (1, 1, 1)
+
+
 async def test_a_cancelled_or_expired_holder_passes_its_slot_on_and_a_cancelled_waiter_takes_none(
     pool: asyncpg.Pool, tenant: Tenant, worker: None
 ) -> None:

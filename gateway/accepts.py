@@ -20,14 +20,24 @@ from ackflow.settings import Settings
 from ackflow.tracing import inject
 from gateway.auth import current_key, current_tenant
 from gateway.capabilities import CapabilityTokens
+from gateway.json_depth import check_depth
 from gateway.schemas import AcceptedRequest, CreateRequest, Links
 
 
-def check_controls(data: CreateRequest) -> None:
-    """What the schema cannot say: a time given twice or too far ahead, an expiry before the start,
-    a concurrency limit or policy without a key, a tag given twice."""
+def check_controls(data: CreateRequest, max_json_depth: int) -> None:
+    """What the schema cannot say: a payload nested too deep, a time given twice or too far ahead, an
+    expiry before the start, a concurrency limit or policy without a key, a tag given twice."""
+    check_depth(data.payload, max_json_depth)
     _check_schedule(data)
     _check_key_and_tags(data)
+
+
+def nul_in_payload() -> InvalidInput:
+    """The problem of a payload with U+0000, which Postgres jsonb cannot store in a string or key."""
+    return InvalidInput(
+        "the payload contains a NUL character (\\u0000), which cannot be stored",
+        errors=[{"field": "payload", "in": "body", "message": "strings and keys must not contain \\u0000"}],
+    )
 
 
 def _check_schedule(data: CreateRequest) -> None:
@@ -109,11 +119,7 @@ async def insert_request(
             submitted_batch_id=submitted_batch_id,
         )
     except asyncpg.UntranslatableCharacterError:
-        # Postgres jsonb cannot hold U+0000 in a string or key; the one statement failed as a whole.
-        raise InvalidInput(
-            "the payload contains a NUL character (\\u0000), which cannot be stored",
-            errors=[{"field": "payload", "in": "body", "message": "strings and keys must not contain \\u0000"}],
-        ) from None
+        raise nul_in_payload() from None  # the one statement failed as a whole
     if row is None:
         raise UnknownKind(
             f"no worker handles kind {data.kind!r}; start a worker whose handlers include it",

@@ -28,12 +28,11 @@ from ackflow.ids import new_request_id
 from ackflow.logs import bind_log_context
 from ackflow.netguard import check_target
 from ackflow.settings import Settings
-from gateway.accepts import accepted_body, check_controls, insert_request
+from gateway.accepts import accepted_body, check_controls, insert_request, nul_in_payload
 from gateway.auth import current_tenant, require_api_key
 from gateway.bodies import require_json_body
 from gateway.idempotency import IdempotencyKey, claim_on
-from gateway.json_depth import check_depth
-from gateway.problems import domain_problem_body
+from gateway.problems import NAMED_FIELD, domain_problem_body
 from gateway.schemas import (
     AcceptedBatch,
     AcceptedRequest,
@@ -47,7 +46,6 @@ from gateway.schemas import (
 from gateway.services import GatewayServices
 
 _AT_FIELD = re.compile(r"at `\$\.([A-Za-z_]+)")  # msgspec: "Expected `int`, got `str` - at `$.priority`"
-_NAMED_FIELD = re.compile(r"field `([^`]+)`")  # msgspec: "Object contains unknown field `x`"
 _ITEM_FINGERPRINT = b"POST\n/v1/requests/batch item\n"  # an item's key never replays a single POST's
 
 
@@ -129,19 +127,15 @@ async def _checked(raw: dict[str, Any], settings: Settings) -> BatchItem | Domai
         item = msgspec.convert(raw, BatchItem)
     except msgspec.ValidationError as exc:
         message = str(exc)
-        named = _AT_FIELD.search(message) or _NAMED_FIELD.search(message)
+        named = _AT_FIELD.search(message) or NAMED_FIELD.search(message)
         field = named.group(1) if named else "body"
         return InvalidInput(
             "the item does not match the schema", errors=[{"field": field, "in": "body", "message": message}]
         )
     try:
-        check_depth(item.payload, settings.max_json_depth)
-        check_controls(item)
-        if b"\\u0000" in msgspec.json.encode(item.payload):  # Postgres jsonb cannot store it
-            raise InvalidInput(
-                "the payload contains a NUL character (\\u0000), which cannot be stored",
-                errors=[{"field": "payload", "in": "body", "message": "strings and keys must not contain \\u0000"}],
-            )
+        check_controls(item, settings.max_json_depth)
+        if b"\\u0000" in msgspec.json.encode(item.payload):  # found here: the statement's error would abort the batch
+            raise nul_in_payload()
         if item.callback_url is not None:
             await check_target(item.callback_url, allow_private=settings.webhook_allow_private, field="callback_url")
     except DomainError as exc:

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 TYPE_PREFIX = "urn:ackflow:problem:"
 BODY_PARAMETER = "data"  # Litestar's name for the decoded body; clients know it as the body or its fields
-_NAMED_FIELD = re.compile(r"field `([^`]+)`")  # msgspec: "Object missing required field `kind`"
+NAMED_FIELD = re.compile(r"field `([^`]+)`")  # msgspec: "Object missing required field `kind`"
 
 _SLUGS = {
     400: ("bad-request", "Bad request"),
@@ -120,7 +120,7 @@ def _field_name(error: dict[str, Any]) -> str:
     key = str(error.get("key", BODY_PARAMETER))
     if key != BODY_PARAMETER:
         return key
-    named = _NAMED_FIELD.search(str(error.get("message", "")))
+    named = NAMED_FIELD.search(str(error.get("message", "")))
     return named.group(1) if named else "body"
 
 

@@ -37,7 +37,6 @@ from gateway.auth import current_key, current_tenant, require_api_key
 from gateway.bodies import require_json_body
 from gateway.cursors import MAX_PAGE_SIZE, decode_cursor, encode_cursor
 from gateway.idempotency import claim_key, parse_key
-from gateway.json_depth import check_depth
 from gateway.schemas import (
     CreateRequest,
     Progress,
@@ -86,8 +85,7 @@ class RequestsController(Controller):
         """
         tenant_id, settings = current_tenant(request), services.settings
         note_kind(request.state, data.kind)
-        check_depth(data.payload, settings.max_json_depth)
-        check_controls(data)
+        check_controls(data, settings.max_json_depth)
         await services.rate_limiter.check(tenant_id)
         await services.queue_depth.check(tenant_id)
         if data.callback_url is not None:

@@ -75,12 +75,9 @@ MAX_DELAY_SECONDS = 30 * 24 * 3600  # the furthest ahead a delayed start or an e
 # Concurrency keys (migration 0020): what a new request does when its key already has `limit` holders.
 KEY_QUEUE = "queue"  # wait in order for a slot
 KEY_CANCEL_RUNNING = "cancel_running"  # cancel the key's earlier requests, running or waiting; run next
-KEY_REPLACE_QUEUED = "replace_queued"  # cancel the key's earlier requests still waiting (a debounce)
-KEY_SKIP = "skip"  # not accepted: 409 naming the requests that hold the key
-KEY_POLICIES = (KEY_QUEUE, KEY_CANCEL_RUNNING, KEY_REPLACE_QUEUED, KEY_SKIP)
-KEY_SUPERSEDING_POLICIES = (KEY_CANCEL_RUNNING, KEY_REPLACE_QUEUED)
+# The others (gateway/schemas.py KeyPolicy): replace_queued cancels the key's earlier requests still
+# waiting (a debounce); skip is not accepted, a 409 naming the requests that hold the key.
 MAX_CONCURRENCY_LIMIT = 10_000
-DEFAULT_PRIORITY = 3  # 1 is admitted first, 5 last
 MAX_TAGS = 10
 TAG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/=-]{0,63}$"
 PROBLEM_MEDIA_TYPE = "application/problem+json"  # every error answer (RFC 9457)

@@ -15,7 +15,6 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from ackflow.contracts import (
     ALL_STATUSES,
-    CANCELLED,
     INIT,
     MAX_TAGS,
     MAX_WAIT_SECONDS,
@@ -23,7 +22,7 @@ from ackflow.contracts import (
     TERMINAL_STATUSES,
 )
 from ackflow.db.queries import sql
-from ackflow.db.transitions import transition
+from ackflow.db.transitions import cancel_unstarted
 from ackflow.errors import Conflict, InvalidInput, NotFound, Unauthorized
 from ackflow.handlers import KIND_PATTERN
 from ackflow.inputs import STORABLE_TEXT
@@ -218,8 +217,7 @@ class RequestsController(Controller):
             if row["status"] in TERMINAL_STATUSES:
                 raise Conflict(f"request {request_id} already ended {row['status']}; it cannot be cancelled")
             if row["status"] == INIT:
-                await transition(connection, request_id, CANCELLED, (INIT,))
-                await connection.execute(sql("drop_unclaimed_accept"), request_id)
+                await cancel_unstarted(connection, request_id)
             else:
                 await connection.execute(sql("mark_cancel_requested"), request_id)
         return await load_state(services.pool, request_id, tenant_id)

@@ -18,7 +18,7 @@ import asyncpg
 
 from ackflow.contracts import CANCELLED, INIT, KEY_CANCEL_RUNNING, PROCESSING
 from ackflow.db.queries import sql
-from ackflow.db.transitions import transition
+from ackflow.db.transitions import cancel_unstarted, transition
 from ackflow.events import OutboxEvent
 
 
@@ -43,8 +43,8 @@ class SupersedeRoute:
                 status = await connection.fetchval(sql("lock_superseded"), row["id"], policy)
                 if status is None:
                     continue
-                await transition(connection, row["id"], CANCELLED, (INIT, PROCESSING), error=error)
                 if status == INIT:
-                    await connection.execute(sql("drop_unclaimed_accept"), row["id"])
+                    await cancel_unstarted(connection, row["id"], error=error)
                 else:
+                    await transition(connection, row["id"], CANCELLED, (PROCESSING,), error=error)
                     await connection.execute(sql("mark_cancel_requested"), row["id"])

@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 
-from ackflow.contracts import FAILED, INIT, PROCESSING, TOPIC_ACCEPTED, TOPIC_BATCH, TOPIC_FOR_STATUS
+from ackflow.contracts import CANCELLED, FAILED, INIT, PROCESSING, TOPIC_ACCEPTED, TOPIC_BATCH, TOPIC_FOR_STATUS
 from ackflow.db.queries import sql
 from ackflow.metrics import STATUS_TRANSITIONS
 
@@ -53,6 +53,15 @@ async def start_many(db: asyncpg.Pool | asyncpg.Connection, request_ids: Iterabl
     """`start_request` for many requests in one statement: the rows that started."""
     moved = await transition_many(db, [{"id": i, "status": PROCESSING} for i in request_ids], (INIT,))
     return [row for row in moved if row["status"] == PROCESSING]
+
+
+async def cancel_unstarted(
+    connection: asyncpg.Connection, request_id: str | uuid.UUID, *, error: dict[str, Any] | None = None
+) -> None:
+    """A request still INIT, locked by the caller, ends CANCELLED, and its accepted row goes with it if
+    no relay holds it (a delayed start's, or one waiting for its key, would wait for nothing)."""
+    await transition(connection, request_id, CANCELLED, (INIT,), error=error)
+    await connection.execute(sql("drop_unclaimed_accept"), request_id)
 
 
 async def transition_many(

@@ -90,14 +90,18 @@ async def measure_backlog(
     }
 
 
-async def create_backlog(database_url: str, count: int) -> None:
-    """`count` accepted echo requests of the bench tenant, committed together, exactly as accepts write them."""
+async def create_backlog(
+    database_url: str, count: int, controls: Callable[[int], dict[str, Any]] | None = None
+) -> None:
+    """`count` accepted echo requests of the bench tenant, committed together, exactly as accepts write
+    them; the i-th with `controls(i)` (accept_request's keyword arguments: a concurrency key, say)."""
     connection = await connect(database_url)
     try:
         tenant_id = await connection.fetchval(sql("tenant_by_name"), TENANT)
         async with connection.transaction():
             for i in range(count):
-                row = await accept_request(connection, new_request_id(), tenant_id, "echo", {"backlog": i})
+                given = controls(i) if controls else {}
+                row = await accept_request(connection, new_request_id(), tenant_id, "echo", {"backlog": i}, **given)
                 assert row is not None, "no worker has registered the echo kind"
     finally:
         await connection.close()

@@ -27,17 +27,13 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from ackflow.db.accept import accept_request
-from ackflow.db.pool import connect
-from ackflow.db.queries import sql
-from ackflow.ids import new_request_id
 from bench.accept import clear_accepted, client_pool
+from bench.backlog import create_backlog
 from bench.httpool import ClientPool
 from bench.loadgen import Send, run_open_loop
 from bench.profile import Profile
 from bench.stack import Stack
 
-TENANT = "bench"  # the tenant bench/stack.py creates
 WAITING = 10_000
 KEYS = 1_000
 PRIORITIES = (1, 3, 5)
@@ -114,19 +110,16 @@ def _keyed_poster(pool: ClientPool) -> Send:
     return send
 
 
+def _keyed(i: int) -> dict[str, Any]:
+    """Round-robin over KEYS keys of limit 1 and over PRIORITIES."""
+    return {"concurrency_key": f"customer-{i % KEYS}", "priority": PRIORITIES[i % len(PRIORITIES)]}
+
+
 async def _commit_waiting(database_url: str, count: int, *, keyed: bool) -> None:
-    """`count` accepted echo requests of the bench tenant in one transaction, by the accept statement:
-    keyed, round-robin over KEYS keys of limit 1 and over PRIORITIES; else plain."""
-    connection = await connect(database_url)
+    """`count` waiting requests (keyed, or plain), then the outbox analysed as autovacuum would leave it."""
+    await create_backlog(database_url, count, _keyed if keyed else None)
+    connection = await asyncpg.connect(database_url)
     try:
-        tenant_id = await connection.fetchval(sql("tenant_by_name"), TENANT)
-        async with connection.transaction():
-            for i in range(count):
-                controls: dict[str, Any] = {}
-                if keyed:
-                    controls = {"concurrency_key": f"customer-{i % KEYS}", "priority": PRIORITIES[i % 3]}
-                row = await accept_request(connection, new_request_id(), tenant_id, "echo", {"i": i}, **controls)
-                assert row is not None, "no worker has registered the echo kind"
         await connection.execute("VACUUM ANALYZE outbox")
     finally:
         await connection.close()
